@@ -1,0 +1,113 @@
+"""The ``feedback`` command line (also ``python -m app``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from app.errors import ServiceError
+
+SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
+
+
+def _kafka(args: argparse.Namespace) -> int:
+    from app.local import kafka
+
+    data_dir = Path(args.data_dir)
+    if args.action == "up":
+        start = time.monotonic()
+        info = kafka.up(port=args.port, data_dir=data_dir, progress=_err)
+        _err(f"Kafka {kafka.KAFKA_VERSION} ready in {time.monotonic() - start:.1f}s "
+             f"(pid {info.pid}, data {info.data_dir})")  # fmt: skip
+        print(info.bootstrap)
+        return 0
+    if args.action == "down":
+        stopped = kafka.down(data_dir)
+        _err("Kafka stopped" if stopped else f"no local Kafka runs from {data_dir}")
+        return 0
+    found = kafka.status(data_dir)
+    if found is None:
+        print(f"not running (data dir {data_dir.resolve()})")
+        return 3
+    print(f"running: pid {found.pid}, bootstrap {found.bootstrap}, data dir {found.data_dir}")
+    return 0
+
+
+def _schemas(args: argparse.Namespace) -> int:
+    from app.domain.events import json_schemas
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stale = []
+    for name, schema in json_schemas().items():
+        text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        path = out / name
+        if args.action == "check":
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+            print(path)
+    if stale:
+        _err(f"schemas out of date: {', '.join(stale)}; run `feedback schemas export`")
+        return 1
+    return 0
+
+
+def _worker(argv: Sequence[str]) -> int:
+    from app.settings import load_settings
+    from app.streams.app import create_app
+
+    faust_app = create_app(load_settings())
+    sys.argv = ["feedback", "worker", *argv]
+    faust_app.main()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="feedback", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    kafka = sub.add_parser("kafka", help="the local single-node Kafka (KRaft)")
+    kafka.add_argument("action", choices=["up", "down", "status"])
+    kafka.add_argument("--port", type=int, default=9092, help="client port (default 9092)")
+    kafka.add_argument("--data-dir", default=".data/kafka", help="storage, log and pid file")
+    kafka.set_defaults(func=_kafka)
+
+    schemas = sub.add_parser("schemas", help="JSON Schema files generated from the models")
+    schemas.add_argument("action", choices=["export", "check"])
+    schemas.add_argument("--out", default=str(SCHEMAS_DIR))
+    schemas.set_defaults(func=_schemas)
+
+    sub.add_parser("worker", help="start a Faust worker; Faust's worker options follow",
+                   add_help=False)  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in _EXTRA:
+            return _EXTRA[argv[0]](argv[1:])
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except ServiceError as exc:
+        _err(f"feedback: error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# Sub-commands with their own argument parsing, registered by later modules.
+_EXTRA: dict[str, Callable[[list[str]], int]] = {}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The event and alert contract (schema version 1), and the decoder for raw records.
+
+The models are the single source of truth: ``schemas/*.json`` is generated from
+them (``feedback schemas export``) and a test fails when the two drift.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+
+from app.errors import InvalidEventError
+
+SCHEMA_VERSION = 1
+Band = Literal["promoter", "passive", "detractor"]
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Segment(_Contract):
+    """Where a customer or response belongs, for per-segment NPS."""
+
+    tier: str | None = Field(None, max_length=64)
+    region: str | None = Field(None, max_length=64)
+    channel: str | None = Field(None, max_length=64)
+    product: str | None = Field(None, max_length=64)
+
+
+class _Event(_Contract):
+    event_id: Id = Field(description="Unique; a re-delivered event_id is counted once.")
+    customer_id: Id
+    occurred_at: AwareDatetime = Field(description="Event time, RFC 3339 with a UTC offset.")
+    schema_version: Literal[1] = Field(description="Always 1 for this contract.")
+    segment: Segment | None = None
+
+
+class SurveyResponse(_Event):
+    """One answer to "How likely are you to recommend us?" (0-10)."""
+
+    event_type: Literal["survey"]
+    score: int = Field(ge=0, le=10, strict=True)
+    respondent_id: Id | None = Field(
+        None, description="A person within the customer account; the account itself if absent."
+    )
+    survey_id: Id | None = None
+    comment: str | None = Field(None, max_length=10_000)
+
+
+class Purchase(_Event):
+    """A purchase (positive amount) or refund (negative amount)."""
+
+    event_type: Literal["purchase"]
+    order_id: Id
+    amount: Decimal = Field(allow_inf_nan=False, max_digits=20, decimal_places=6)
+    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
+
+
+class Complaint(_Event):
+    """A complaint's lifecycle step, keyed by complaint_id."""
+
+    event_type: Literal["complaint"]
+    complaint_id: Id
+    status: Literal["opened", "resolved", "escalated"]
+    category: Literal["product", "price", "service", "benefit", "policy", "other"]
+    severity: Literal["minor", "major"]
+
+
+Event = Annotated[SurveyResponse | Purchase | Complaint, Field(discriminator="event_type")]
+AnyEvent = SurveyResponse | Purchase | Complaint
+EVENT_TYPES = ("survey", "purchase", "complaint")
+
+
+class Alert(_Contract):
+    """What a CRM agent needs to call a high-value customer who just turned detractor."""
+
+    alert_id: str = Field(description="Deterministic from rule, customer_id and trigger event.")
+    rule: Literal["detractor"]
+    rule_version: int
+    customer_id: Id
+    trigger_event_id: Id
+    score: int = Field(ge=0, le=10)
+    previous_band: Literal["promoter", "passive"] | None
+    previous_score: int | None
+    rolling_nps: float | None = Field(ge=-100, le=100)
+    trailing_revenue: Decimal
+    currency: str = Field(description="Base currency of trailing_revenue.")
+    value_tier: Literal["A", "B", "C"]
+    churn_risk: float = Field(ge=0, le=1)
+    churn_reasons: list[str]
+    open_complaints: int = Field(ge=0)
+    segment: Segment | None = None
+    occurred_at: AwareDatetime
+    emitted_at: AwareDatetime
+    sla_due_at: AwareDatetime = Field(description="occurred_at + 24 h: the reply standard.")
+    schema_version: Literal[1] = 1
+
+
+EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
+
+
+def decode_event(raw: bytes | None, max_bytes: int = 65_536) -> AnyEvent:
+    """Decode one record value into an event, or raise InvalidEventError with a reason code.
+
+    Reason codes are stable and machine-readable (they label the dead-letter
+    metric): ``empty``, ``oversized``, ``not_utf8``, ``not_json``,
+    ``unknown_event_type``, ``schema_violation``.
+    """
+    if not raw:
+        raise InvalidEventError("empty", "record has no value")
+    if len(raw) > max_bytes:
+        raise InvalidEventError("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEventError("not_utf8", str(exc)) from None
+    try:
+        return EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> InvalidEventError:
+    err = exc.errors(include_url=False)[0]
+    kind = err["type"]
+    loc = ".".join(str(p) for p in err["loc"][1:] if p not in EVENT_TYPES) or None
+    if kind == "json_invalid":
+        return InvalidEventError("not_json", err["msg"])
+    if kind == "union_tag_invalid":
+        found = err.get("ctx", {}).get("tag")
+        return InvalidEventError(
+            "unknown_event_type", f"event_type {found!r} is not one of {EVENT_TYPES}", "event_type"
+        )
+    if kind == "model_attributes_type":
+        return InvalidEventError("schema_violation", "record is not a JSON object")
+    if kind == "union_tag_not_found":
+        return InvalidEventError("schema_violation", "event_type is missing", "event_type")
+    if err["loc"] and err["loc"][0] in EVENT_TYPES:
+        loc = ".".join(str(p) for p in err["loc"][1:])
+    count = exc.error_count()
+    more = f" (+{count - 1} more)" if count > 1 else ""
+    return InvalidEventError("schema_violation", f"{err['msg']}{more}", loc)
+
+
+def encode(model: BaseModel) -> bytes:
+    """Serialise a contract model as compact JSON bytes (the wire form)."""
+    return model.model_dump_json(exclude_none=False).encode()
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of each event and of the alert, keyed by the file name they ship under."""
+    return {
+        "survey_response.v1.json": SurveyResponse.model_json_schema(),
+        "purchase.v1.json": Purchase.model_json_schema(),
+        "complaint.v1.json": Complaint.model_json_schema(),
+        "event.v1.json": EVENT_ADAPTER.json_schema(),
+        "alert.v1.json": Alert.model_json_schema(),
+    }
+
+
+def is_aware(value: datetime) -> bool:
+    return value.tzinfo is not None and value.utcoffset() is not None

@@ -1,0 +1,1 @@
+"""The local single-node Kafka (KRaft) that the demo, tests and benchmarks start."""

@@ -1,0 +1,128 @@
+"""Every setting of the service, read once from the environment (prefix ``FEEDBACK_``).
+
+The class is frozen: code receives a ``Settings`` instance and never reads the
+environment itself, so tests inject their own values.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.errors import ConfigError
+
+DEFAULT_FX_RATES: dict[str, Decimal] = {
+    "EUR": Decimal("1"),
+    "USD": Decimal("0.92"),
+    "GBP": Decimal("1.17"),
+    "CHF": Decimal("1.05"),
+    "JPY": Decimal("0.0062"),
+    "SEK": Decimal("0.088"),
+    "PLN": Decimal("0.23"),
+}
+
+
+class Settings(BaseSettings):
+    """Service configuration; each field is ``FEEDBACK_<FIELD NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEEDBACK_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    app_id: str = Field("feedback", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    broker: str = "kafka://127.0.0.1:9092"
+    store: Literal["rocksdb://", "memory://"] = "rocksdb://"
+    data_dir: Path = Path(".data")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(6066, ge=1, le=65535)
+
+    topic_surveys: str = "feedback.surveys.v1"
+    topic_purchases: str = "feedback.purchases.v1"
+    topic_complaints: str = "feedback.complaints.v1"
+    topic_alerts: str = "feedback.alerts.v1"
+    topic_deadletter: str = "feedback.deadletter.v1"
+    partitions: int = Field(8, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=7)
+
+    high_value_revenue: Decimal = Field(Decimal("5000"), ge=0)
+    high_value_top_share: float = Field(0.2, ge=0.0, le=1.0)
+    high_value_tiers: Annotated[frozenset[str], NoDecode] = frozenset()
+    detractor_realert_after: timedelta | None = None
+
+    base_currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
+    fx_rates: dict[str, Decimal] = Field(default_factory=lambda: dict(DEFAULT_FX_RATES))
+
+    dedup_event_ids: int = Field(1000, ge=1, le=100_000)
+    max_event_bytes: int = Field(65_536, ge=256)
+    batch_size: int = Field(1000, ge=1)
+    batch_within: float = Field(0.2, gt=0)
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        if not value.startswith("kafka://"):
+            raise ValueError("must be a Faust broker URL such as kafka://127.0.0.1:9092")
+        return value
+
+    @field_validator("high_value_tiers", mode="before")
+    @classmethod
+    def _split_tiers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return frozenset(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("fx_rates")
+    @classmethod
+    def _positive_rates(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for code, rate in value.items():
+            if len(code) != 3 or not code.isupper() or rate <= 0:
+                raise ValueError(f"{code}={rate}: codes are ISO 4217 and rates positive")
+        return value
+
+    @model_validator(mode="after")
+    def _base_rate(self) -> Settings:
+        rate = self.fx_rates.get(self.base_currency)
+        if rate is not None and rate != 1:
+            raise ValueError(f"rate of the base currency {self.base_currency} must be 1")
+        self.fx_rates.setdefault(self.base_currency, Decimal("1"))
+        topics = [
+            self.topic_surveys,
+            self.topic_purchases,
+            self.topic_complaints,
+            self.topic_alerts,
+            self.topic_deadletter,
+        ]
+        if len(set(topics)) != len(topics):
+            raise ValueError("topic names must all differ")
+        return self
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker URL as aiokafka wants it (host:port[,host:port])."""
+        return ";".join(self.broker.split(";")).replace("kafka://", "").replace(";", ",")
+
+    @property
+    def input_topics(self) -> tuple[str, str, str]:
+        return (self.topic_surveys, self.topic_purchases, self.topic_complaints)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings once; a bad value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = err["loc"][0] if err["loc"] else ""
+            name = f"FEEDBACK_{str(loc).upper()}" if loc else "settings"
+            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc

@@ -1,0 +1,45 @@
+from decimal import Decimal
+
+import pytest
+
+from app.errors import ConfigError
+from app.settings import load_settings
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.broker == "kafka://127.0.0.1:9092"
+    assert s.bootstrap_servers == "127.0.0.1:9092"
+    assert s.high_value_top_share == 0.2
+    assert s.fx_rates["EUR"] == Decimal("1")
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "named"),
+    [
+        ("FEEDBACK_HIGH_VALUE_TOP_SHARE", "1.5", "FEEDBACK_HIGH_VALUE_TOP_SHARE"),
+        ("FEEDBACK_WEB_PORT", "http", "FEEDBACK_WEB_PORT"),
+        ("FEEDBACK_STORE", "redis://", "FEEDBACK_STORE"),
+        ("FEEDBACK_BROKER", "127.0.0.1:9092", "FEEDBACK_BROKER"),
+        ("FEEDBACK_PARTITIONS", "0", "FEEDBACK_PARTITIONS"),
+        ("FEEDBACK_BASE_CURRENCY", "euro", "FEEDBACK_BASE_CURRENCY"),
+        ("FEEDBACK_FX_RATES", '{"USD": "-1"}', "FEEDBACK_FX_RATES"),
+    ],
+)
+def test_bad_value_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
+
+
+def test_env_values_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEEDBACK_HIGH_VALUE_TIERS", "gold, platinum")
+    monkeypatch.setenv("FEEDBACK_FX_RATES", '{"USD": "0.9"}')
+    monkeypatch.setenv("FEEDBACK_DETRACTOR_REALERT_AFTER", "P30D")
+    s = load_settings()
+    assert s.high_value_tiers == frozenset({"gold", "platinum"})
+    assert s.fx_rates == {"USD": Decimal("0.9"), "EUR": Decimal("1")}
+    assert s.detractor_realert_after is not None
+    assert s.detractor_realert_after.days == 30
