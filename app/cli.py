@@ -61,8 +61,11 @@ def _schemas(args: argparse.Namespace) -> int:
 def _worker(argv: Sequence[str]) -> int:
     from app.settings import load_settings
     from app.streams.app import create_app
+    from app.topics import ensure_topics_sync
 
-    faust_app = create_app(load_settings())
+    settings = load_settings()
+    ensure_topics_sync(settings)
+    faust_app = create_app(settings)
     sys.argv = ["feedback", "worker", *argv]
     faust_app.main()
     return 0
@@ -91,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] == "worker":
+            return _worker(argv[1:])
         if argv and argv[0] in _EXTRA:
             return _EXTRA[argv[0]](argv[1:])
         args = build_parser().parse_args(argv)

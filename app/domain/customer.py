@@ -1,0 +1,313 @@
+"""Per-customer state and the one function that folds an event into it.
+
+``apply(state | None, event, policy) -> (state, outcome)`` is pure and
+deterministic: the state a worker rebuilds from its changelog after a crash
+equals a sequential replay of the same events through this function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.domain import churn, complaints, nps, value
+from app.domain.complaints import ComplaintRecord
+from app.domain.events import AnyEvent, Band, Complaint, Purchase, Segment, SurveyResponse
+
+NPS_WINDOW = timedelta(days=90)
+# Purchases are kept two trailing windows deep so a late event still sees its own year.
+PURCHASE_MEMORY = 2 * value.TRAILING
+RESOLVED_MEMORY = timedelta(days=400)
+SCORE_HISTORY = 5
+
+
+class Outcome(StrEnum):
+    """What applying one event did; labels the events metric."""
+
+    PROCESSED = "processed"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything apply needs besides the state and the event."""
+
+    base_currency: str = "EUR"
+    fx_rates: dict[str, Decimal] = field(default_factory=lambda: {"EUR": Decimal("1")})
+    value_policy: value.ValuePolicy = field(default_factory=value.ValuePolicy)
+    cutoffs: value.RevenueCutoffs = field(default_factory=value.RevenueCutoffs)
+    dedup_event_ids: int = 1000
+    realert_after: timedelta | None = None
+
+
+class Response(BaseModel):
+    """The newest survey answer of one respondent."""
+
+    model_config = ConfigDict(extra="forbid")
+    score: int
+    at: datetime
+    seq: int
+
+
+class PurchaseRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    at: datetime
+    amount: Decimal
+    order_id: str
+
+
+class CustomerState(BaseModel):
+    """Everything known about one customer; the value of the customers table."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+    customer_id: str
+    seq: int = 0
+    segment: Segment | None = None
+    last_event_at: datetime | None = None
+    recent_event_ids: list[str] = Field(default_factory=list)
+
+    score: int | None = None
+    band: Band | None = None
+    score_at: datetime | None = None
+    score_history: list[Response] = Field(default_factory=list)
+    previous_score: int | None = None
+    previous_band: Band | None = None
+    responses: dict[str, Response] = Field(default_factory=dict)
+    rolling_nps: float | None = None
+    response_count: int = 0
+
+    purchases: list[PurchaseRecord] = Field(default_factory=list)
+    purchase_count: int = 0
+    first_purchase_at: datetime | None = None
+    last_purchase_at: datetime | None = None
+    typical_gap_days: float | None = None
+    trailing_revenue: Decimal = Decimal("0")
+    currency: str = "EUR"
+    high_value: bool = False
+    value_tier: value.Tier = "C"
+
+    complaints: dict[str, ComplaintRecord] = Field(default_factory=dict)
+    open_complaints: int = 0
+    sla_breaches: int = 0
+
+    churn_risk: float = 0.0
+    churn_reasons: list[str] = Field(default_factory=list)
+
+    detractor_alerted_at: datetime | None = None
+    alerts_sent: int = 0
+
+    def revenue_at(self, as_of: datetime) -> Decimal:
+        return value.trailing_revenue(((p.at, p.amount) for p in self.purchases), as_of)
+
+
+def apply(
+    state: CustomerState | None, event: AnyEvent, policy: Policy
+) -> tuple[CustomerState, Outcome]:
+    """Fold one event into a copy of ``state``; the input is never changed."""
+    work = (
+        CustomerState(customer_id=event.customer_id, currency=policy.base_currency)
+        if state is None
+        else state.model_copy(deep=True)
+    )
+    return work, fold(work, event, policy)
+
+
+def fold(state: CustomerState, event: AnyEvent, policy: Policy) -> Outcome:
+    """Fold one event into ``state`` in place (the agent owns its working copy).
+
+    A duplicate ``event_id`` (within the last ``dedup_event_ids`` ids of this
+    customer) changes nothing. An unknown currency raises InvalidEventError
+    before anything changes.
+    """
+    if event.event_id in state.recent_event_ids:
+        return Outcome.DUPLICATE
+    amount = (
+        value.to_base(event.amount, event.currency, policy.fx_rates, policy.base_currency)
+        if isinstance(event, Purchase)
+        else None
+    )
+    state.seq += 1
+    state.recent_event_ids.append(event.event_id)
+    if len(state.recent_event_ids) > policy.dedup_event_ids:
+        del state.recent_event_ids[: len(state.recent_event_ids) - policy.dedup_event_ids]
+    if event.segment is not None:
+        state.segment = event.segment
+    if state.last_event_at is None or event.occurred_at > state.last_event_at:
+        state.last_event_at = event.occurred_at
+    outcome = _HANDLERS[type(event)](state, event, amount)
+    refresh(state, policy)
+    return outcome
+
+
+def _survey(state: CustomerState, event: Any, _: Decimal | None) -> Outcome:
+    ev: SurveyResponse = event
+    respondent = ev.respondent_id or "_account"
+    state.response_count += 1
+    current = state.responses.get(respondent)
+    if current is None or ev.occurred_at >= current.at:
+        state.responses[respondent] = Response(score=ev.score, at=ev.occurred_at, seq=state.seq)
+    # The band follows event time; equal timestamps: the later-arriving response wins.
+    entry = Response(score=ev.score, at=ev.occurred_at, seq=state.seq)
+    history = state.score_history
+    history.append(entry)
+    history.sort(key=lambda r: (r.at, r.seq))
+    del history[:-SCORE_HISTORY]
+    newest = history[-1]
+    state.score, state.band, state.score_at = newest.score, nps.band(newest.score), newest.at
+    if len(history) > 1:
+        state.previous_score = history[-2].score
+        state.previous_band = nps.band(history[-2].score)
+    return Outcome.PROCESSED if newest is entry else Outcome.LATE
+
+
+def _purchase(state: CustomerState, event: Any, amount: Decimal | None) -> Outcome:
+    ev: Purchase = event
+    assert amount is not None
+    state.purchases.append(PurchaseRecord(at=ev.occurred_at, amount=amount, order_id=ev.order_id))
+    state.purchase_count += 1
+    if state.first_purchase_at is None or ev.occurred_at < state.first_purchase_at:
+        state.first_purchase_at = ev.occurred_at
+    late = state.last_purchase_at is not None and ev.occurred_at < state.last_purchase_at
+    if amount > 0 and (state.last_purchase_at is None or ev.occurred_at > state.last_purchase_at):
+        state.last_purchase_at = ev.occurred_at
+    return Outcome.LATE if late else Outcome.PROCESSED
+
+
+def _complaint(state: CustomerState, event: Any, _: Decimal | None) -> Outcome:
+    ev: Complaint = event
+    current = state.complaints.get(ev.complaint_id)
+    late = current is not None and ev.occurred_at < current.status_at
+    state.complaints[ev.complaint_id] = complaints.step(
+        current, ev.complaint_id, ev.status, ev.category, ev.severity, ev.occurred_at
+    )
+    return Outcome.LATE if late else Outcome.PROCESSED
+
+
+_HANDLERS: dict[type, Callable[[CustomerState, Any, Decimal | None], Outcome]] = {
+    SurveyResponse: _survey,
+    Purchase: _purchase,
+    Complaint: _complaint,
+}
+
+
+def refresh(state: CustomerState, policy: Policy) -> None:
+    """Recompute every derived figure as of the customer's newest event time."""
+    as_of = state.last_event_at
+    if as_of is None:
+        return
+    _prune(state, as_of)
+    if state.score_at is not None:
+        since = state.score_at - NPS_WINDOW
+        counts = nps.NpsCounts()
+        for r in state.responses.values():
+            if r.at >= since:
+                counts.agg(r.score)
+        state.rolling_nps = counts.result()
+    pairs = [(p.at, p.amount) for p in state.purchases]
+    state.trailing_revenue = value.trailing_revenue(pairs, as_of)
+    state.typical_gap_days = value.typical_gap_days([p.at for p in state.purchases if p.amount > 0])
+    tier = state.segment.tier if state.segment else None
+    state.high_value, state.value_tier = value.classify(
+        state.trailing_revenue, tier, policy.value_policy, policy.cutoffs
+    )
+    state.open_complaints = sum(1 for c in state.complaints.values() if c.is_open)
+    state.sla_breaches = sum(1 for c in state.complaints.values() if c.breached(as_of))
+    days_since = (
+        (as_of - state.last_purchase_at).total_seconds() / 86400 if state.last_purchase_at else None
+    )
+    state.churn_risk, state.churn_reasons = churn.risk(
+        churn.ChurnInputs(
+            band=state.band,
+            score=state.score,
+            complaints=state.complaints.values(),
+            days_since_purchase=days_since,
+            typical_gap_days=state.typical_gap_days,
+            spend_decline=value.spend_decline(pairs, as_of),
+            as_of=as_of,
+        )
+    )
+
+
+def _prune(state: CustomerState, as_of: datetime) -> None:
+    """Bound the state: old purchases, responses outside any window, long-closed complaints."""
+    keep_from = as_of - PURCHASE_MEMORY
+    state.purchases = sorted((p for p in state.purchases if p.at >= keep_from), key=lambda p: p.at)
+    if state.score_at is not None:
+        since = state.score_at - NPS_WINDOW
+        stale = [k for k, r in state.responses.items() if r.at < since]
+        for k in stale:
+            del state.responses[k]
+    gone = [
+        k
+        for k, c in state.complaints.items()
+        if not c.is_open and c.status_at < as_of - RESOLVED_MEMORY
+    ]
+    for k in gone:
+        del state.complaints[k]
+
+
+def public_view(state: CustomerState, now: datetime | None = None) -> dict[str, Any]:
+    """The state as CRM reads it over HTTP: figures, not internals."""
+    as_of = now or state.last_event_at
+    open_list = []
+    for c in state.complaints.values():
+        if c.is_open:
+            age = c.age(as_of) if as_of else None
+            open_list.append(
+                {
+                    "complaint_id": c.complaint_id,
+                    "status": c.status,
+                    "category": c.category,
+                    "severity": c.severity,
+                    "opened_at": c.opened_at.isoformat() if c.opened_at else None,
+                    "age_hours": round(age.total_seconds() / 3600, 2) if age else None,
+                    "sla_breached": c.breached(as_of) if as_of else False,
+                }
+            )
+    resolutions = [
+        round(t.total_seconds() / 3600, 2)
+        for c in state.complaints.values()
+        if not c.is_open and (t := c.resolution_time()) is not None
+    ]
+
+    def iso(at: datetime | None) -> str | None:
+        return at.isoformat() if at else None
+
+    return {
+        "customer_id": state.customer_id,
+        "segment": state.segment.model_dump() if state.segment else None,
+        "band": state.band,
+        "latest_score": state.score,
+        "latest_score_at": iso(state.score_at),
+        "previous_band": state.previous_band,
+        "previous_score": state.previous_score,
+        "rolling_nps": state.rolling_nps,
+        "responses": state.response_count,
+        "trailing_revenue": str(state.trailing_revenue),
+        "currency": state.currency,
+        "purchase_count": state.purchase_count,
+        "first_purchase_at": state.first_purchase_at.isoformat()
+        if state.first_purchase_at
+        else None,
+        "last_purchase_at": iso(state.last_purchase_at),
+        "typical_gap_days": state.typical_gap_days,
+        "high_value": state.high_value,
+        "value_tier": state.value_tier,
+        "churn_risk": state.churn_risk,
+        "churn_reasons": state.churn_reasons,
+        "open_complaints": state.open_complaints,
+        "open_complaint_details": open_list,
+        "resolution_hours": resolutions,
+        "sla_breaches": state.sla_breaches,
+        "last_event_at": iso(state.last_event_at),
+        "events": state.seq,
+        "alerts_sent": state.alerts_sent,
+    }

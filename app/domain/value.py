@@ -1,0 +1,113 @@
+"""Customer value: trailing revenue in the base currency, purchase rhythm, A/B/C tier.
+
+Pareto (80/20): about 20% of customers bring about 80% of profit; those are
+tier A (the high-value set), the next 30% tier B, the rest C.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from app.errors import InvalidEventError
+
+Tier = Literal["A", "B", "C"]
+TRAILING = timedelta(days=365)
+B_SHARE = 0.3
+
+
+@dataclass(frozen=True)
+class ValuePolicy:
+    """What makes a customer high-value (any one rule suffices)."""
+
+    revenue_threshold: Decimal = Decimal("5000")
+    top_share: float = 0.2
+    tiers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class RevenueCutoffs:
+    """Revenue at the Pareto boundaries over all customers (None: not known yet)."""
+
+    a: float | None = None
+    b: float | None = None
+
+
+def to_base(amount: Decimal, currency: str, rates: Mapping[str, Decimal], base: str) -> Decimal:
+    """Convert to the base currency; an unknown currency is bad input, not a guess."""
+    if currency == base:
+        return amount
+    rate = rates.get(currency)
+    if rate is None:
+        raise InvalidEventError("unknown_currency", f"no FX rate for {currency}", "currency")
+    return (amount * rate).quantize(Decimal("0.01"))
+
+
+def trailing_revenue(purchases: Iterable[tuple[datetime, Decimal]], as_of: datetime) -> Decimal:
+    """Sum of amounts (refunds negative) with as_of - 365 days < occurred_at <= as_of."""
+    start = as_of - TRAILING
+    return sum((amt for at, amt in purchases if start < at <= as_of), Decimal("0"))
+
+
+def typical_gap_days(times: Sequence[datetime]) -> float | None:
+    """Median gap between consecutive purchases: the customer's own rhythm (None below 2)."""
+    ordered = sorted(set(times))
+    if len(ordered) < 2:
+        return None
+    gaps = [(b - a).total_seconds() / 86400 for a, b in zip(ordered, ordered[1:], strict=False)]
+    return float(statistics.median(gaps))
+
+
+def cutoffs_from(revenues: Iterable[float], top_share: float) -> RevenueCutoffs:
+    """Revenue of the last customer inside the top ``top_share`` (A) and the next 30% (B).
+
+    Only positive revenue can qualify: a customer base where nobody has spent
+    yet has no A tier.
+    """
+    ordered = sorted(revenues, reverse=True)
+    n = len(ordered)
+    if n == 0 or top_share <= 0:
+        return RevenueCutoffs()
+    k_a = max(1, math.ceil(top_share * n))
+    k_b = min(n, math.ceil((top_share + B_SHARE) * n))
+    a = ordered[k_a - 1] if ordered[k_a - 1] > 0 else None
+    b = ordered[k_b - 1] if ordered[k_b - 1] > 0 else None
+    return RevenueCutoffs(a, b)
+
+
+def classify(
+    revenue: Decimal, member_tier: str | None, policy: ValuePolicy, cutoffs: RevenueCutoffs
+) -> tuple[bool, Tier]:
+    """High-value and tier: revenue over the threshold, in the top share, or a listed tier."""
+    rev = float(revenue)
+    high = (
+        (revenue >= policy.revenue_threshold and revenue > 0)
+        or (policy.top_share > 0 and cutoffs.a is not None and rev >= cutoffs.a)
+        or (member_tier is not None and member_tier in policy.tiers)
+    )
+    if high:
+        return True, "A"
+    if cutoffs.b is not None and rev >= cutoffs.b:
+        return False, "B"
+    return False, "C"
+
+
+def spend_decline(
+    purchases: Iterable[tuple[datetime, Decimal]], as_of: datetime, days: int = 90
+) -> float:
+    """Share by which spend in the last ``days`` fell against the ``days`` before (0..1)."""
+    window = timedelta(days=days)
+    recent = prior = Decimal("0")
+    for at, amt in purchases:
+        if as_of - window < at <= as_of:
+            recent += amt
+        elif as_of - 2 * window < at <= as_of - window:
+            prior += amt
+    if prior <= 0:
+        return 0.0
+    return float(max(Decimal("0"), min(Decimal("1"), 1 - recent / prior)))

@@ -1,0 +1,99 @@
+"""Domain metrics on an injected registry; no customer_id ever becomes a label."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    """Every domain metric the worker exports under ``feedback_*``."""
+
+    registry: CollectorRegistry
+    events: Counter
+    dead_letters: Counter
+    alerts: Counter
+    rekeyed: Counter
+    batch_seconds: Histogram
+    batch_size: Histogram
+    event_latency: Histogram
+    alert_latency: Histogram
+    customers: Gauge
+    customers_by_tier: Gauge
+    customers_by_risk: Gauge
+    pareto_cutoff: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> ServiceMetrics:
+        reg = registry if registry is not None else CollectorRegistry()
+        return cls(
+            registry=reg,
+            events=Counter(
+                "feedback_events",
+                "Input events by type and outcome",
+                ["event_type", "outcome"],
+                registry=reg,
+            ),  # fmt: skip
+            dead_letters=Counter(
+                "feedback_dead_letters",
+                "Records sent to the dead-letter topic, by reason",
+                ["reason", "topic"],
+                registry=reg,
+            ),  # fmt: skip
+            alerts=Counter("feedback_alerts", "Alerts emitted, by rule", ["rule"], registry=reg),
+            rekeyed=Counter(
+                "feedback_rekeyed_records",
+                "Records whose key or partition disagreed with customer_id, re-routed",
+                ["topic"],
+                registry=reg,
+            ),  # fmt: skip
+            batch_seconds=Histogram(
+                "feedback_batch_processing_seconds",
+                "Time to process one batch",
+                buckets=LATENCY_BUCKETS,
+                registry=reg,
+            ),  # fmt: skip
+            batch_size=Histogram(
+                "feedback_batch_events",
+                "Events per processed batch",
+                buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+                registry=reg,
+            ),  # fmt: skip
+            event_latency=Histogram(
+                "feedback_event_latency_seconds",
+                "From the record's produce timestamp to its processing",
+                buckets=LATENCY_BUCKETS,
+                registry=reg,
+            ),  # fmt: skip
+            alert_latency=Histogram(
+                "feedback_alert_latency_seconds",
+                "From the trigger record's produce timestamp to the alert being sent",
+                buckets=LATENCY_BUCKETS,
+                registry=reg,
+            ),  # fmt: skip
+            customers=Gauge(
+                "feedback_customers", "Customers in this worker's table partitions", registry=reg
+            ),
+            customers_by_tier=Gauge(
+                "feedback_customers_by_tier",
+                "Customers by value tier (this worker)",
+                ["tier"],
+                registry=reg,
+            ),  # fmt: skip
+            customers_by_risk=Gauge(
+                "feedback_customers_by_churn_risk",
+                "Customers by churn-risk bucket (this worker)",
+                ["bucket"],
+                registry=reg,
+            ),  # fmt: skip
+            pareto_cutoff=Gauge(
+                "feedback_pareto_cutoff_revenue",
+                "Trailing revenue at the tier boundary over all customers",
+                ["tier"],
+                registry=reg,
+            ),  # fmt: skip
+        )

@@ -1,0 +1,1 @@
+"""The only package that imports Faust: thin glue around app.domain."""

@@ -1,0 +1,104 @@
+"""Build the one Faust app, its topics, tables, agent, timers and web views from Settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from app.metrics import ServiceMetrics
+from app.settings import Settings
+from app.streams.processor import BatchProcessor
+from app.streams.tables import KeyPartitionedGlobalTable, KeyPartitionedTable
+
+_ATTR = "feedback_processor"
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
+    """One faust.App per process; importing app.domain never builds it."""
+    registry = registry if registry is not None else CollectorRegistry()
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker,
+        store=settings.store,
+        datadir=str(settings.data_dir / "faust"),
+        web_port=settings.web_port,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        topic_allow_declare=True,
+        web_in_thread=False,
+        autodiscover=False,
+        Table=KeyPartitionedTable,
+        GlobalTable=KeyPartitionedGlobalTable,
+    )
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
+    metrics = ServiceMetrics.create(registry)
+
+    def topic(name: str, **kw: Any) -> faust.TopicT:
+        return app.topic(
+            name, key_type=bytes, value_type=bytes, partitions=settings.partitions,
+            replicas=settings.replication_factor, **kw,
+        )  # fmt: skip
+
+    inputs = app.topic(
+        *settings.input_topics, key_type=bytes, value_type=bytes,
+        partitions=settings.partitions, replicas=settings.replication_factor,
+    )  # fmt: skip
+    alerts = topic(settings.topic_alerts)
+    deadletter = topic(settings.topic_deadletter)
+    # Keys are customer_id bytes; each changelog record goes to the partition
+    # number its (correctly keyed) input records are on: co-partitioning.
+    customers = app.Table(
+        "customer_state_by_customer", partitions=settings.partitions,
+        key_type=bytes, value_type=bytes,
+    )  # fmt: skip
+    revenue = app.GlobalTable(
+        "revenue_by_customer", partitions=settings.partitions,
+        key_type=bytes, value_type=bytes,
+    )  # fmt: skip
+    processor = BatchProcessor(app, settings, metrics, customers, revenue, alerts, deadletter)
+    setattr(app, _ATTR, processor)
+
+    @app.agent(inputs, name="customer_agent")
+    async def customer_agent(stream: faust.StreamT[bytes]) -> None:
+        batches = stream.take_events(  # type: ignore[attr-defined]
+            settings.batch_size, within=settings.batch_within
+        )
+        async for events in batches:
+            await processor.handle(events)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def warm_producer_metadata() -> None:
+        """The HTTP router hashes keys with the producer, which must know the changelog."""
+        await processor._ensure_metadata(  # noqa: SLF001 - same package
+            [customers.changelog_topic.get_topic_name(), settings.topic_alerts]
+        )
+
+    @app.timer(interval=2.0, on_leader=False)  # type: ignore[untyped-decorator]
+    async def refresh_cutoffs() -> None:
+        processor.refresh_cutoffs()
+
+    @app.timer(interval=15.0)  # type: ignore[untyped-decorator]
+    async def refresh_gauges() -> None:
+        processor.refresh_gauges()
+
+    from app.web.views import register
+
+    register(app, processor)
+    return app
+
+
+def processor_of(app: faust.App) -> BatchProcessor:
+    return getattr(app, _ATTR)  # type: ignore[no-any-return]

@@ -1,0 +1,233 @@
+"""Batch glue between Faust and the pure domain: decode, route, fold, alert, write once.
+
+Per batch each touched customer is read from the table once and written once;
+alerts are delivered before the table write, so a crash can repeat an alert
+(same alert_id) but never lose one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from app.domain import value
+from app.domain.alerts import Snapshot, evaluate
+from app.domain.customer import CustomerState, Policy, fold
+from app.domain.events import Alert, decode_event, encode
+from app.errors import InvalidEventError
+from app.metrics import ServiceMetrics
+from app.settings import Settings
+from app.streams.tables import bind_event, key_partition
+
+log = logging.getLogger(__name__)
+
+
+def policy_from(settings: Settings, cutoffs: value.RevenueCutoffs | None = None) -> Policy:
+    """The domain policy the settings describe."""
+    return Policy(
+        base_currency=settings.base_currency,
+        fx_rates=dict(settings.fx_rates),
+        value_policy=value.ValuePolicy(
+            revenue_threshold=settings.high_value_revenue,
+            top_share=settings.high_value_top_share,
+            tiers=settings.high_value_tiers,
+        ),
+        cutoffs=cutoffs or value.RevenueCutoffs(),
+        dedup_event_ids=settings.dedup_event_ids,
+        realert_after=settings.detractor_realert_after,
+    )
+
+
+def load_state(raw: bytes | None) -> CustomerState | None:
+    return None if raw is None else CustomerState.model_validate_json(raw)
+
+
+def dump_state(state: CustomerState) -> bytes:
+    return state.model_dump_json().encode()
+
+
+class BatchProcessor:
+    """Holds the agent's collaborators; the tables hold all state that must survive."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        customers: Any,
+        revenue: Any,
+        alerts: Any,
+        deadletter: Any,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.customers = customers
+        self.revenue = revenue
+        self.alerts_topic = alerts
+        self.deadletter_topic = deadletter
+        # Derived from the revenue GlobalTable by a timer; a cache, not state.
+        self.policy = policy_from(settings)
+        self._known_topics: set[str] = set()
+
+    async def _ensure_metadata(self, topics: Sequence[str]) -> None:
+        """aiokafka refuses an explicit partition of a topic whose metadata it has not loaded."""
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        for topic in topics:
+            if topic not in self._known_topics:
+                await producer.partitions_for(topic)
+                self._known_topics.add(topic)
+
+    async def handle(self, events: Sequence[Any]) -> None:
+        """Process one batch of Faust events (acked by take_events after we return)."""
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        work: dict[bytes, CustomerState] = {}
+        carrier: dict[bytes, Any] = {}
+        revenue_before: dict[bytes, Any] = {}
+        alerts: list[tuple[Alert, float]] = []
+        sends: list[Awaitable[Any]] = []
+        outcomes: Counter[tuple[str, str]] = Counter()
+        await self._ensure_metadata(
+            [
+                *self.settings.input_topics,
+                self.customers.changelog_topic.get_topic_name(),
+                self.revenue.changelog_topic.get_topic_name(),
+            ]
+        )
+        policy = self.policy
+        max_bytes = self.settings.max_event_bytes
+        for ev in events:
+            msg = ev.message
+            try:
+                event = decode_event(msg.value, max_bytes)
+            except InvalidEventError as exc:
+                sends.append(await self._dead_letter(msg, exc))
+                continue
+            key = event.customer_id.encode()
+            if not self._well_placed(msg, key):
+                sends.append(await self._reroute(msg, key))
+                continue
+            bind_event(ev)
+            carrier[key] = ev
+            state = work.get(key)
+            if state is None:
+                state = load_state(self.customers.get(key))
+                if state is None:
+                    state = CustomerState(
+                        customer_id=event.customer_id, currency=policy.base_currency
+                    )
+                    revenue_before[key] = None
+                else:
+                    revenue_before[key] = state.trailing_revenue
+                work[key] = state
+            before = Snapshot.of(state)
+            try:
+                outcome = fold(state, event, policy)
+            except InvalidEventError as exc:
+                sends.append(await self._dead_letter(msg, exc))
+                continue
+            outcomes[(event.event_type, outcome.value)] += 1
+            self.metrics.event_latency.observe(max(0.0, time.time() - msg.timestamp))
+            for alert in evaluate(before, state, event, policy, now):
+                alerts.append((alert, msg.timestamp))
+        # Alerts first and confirmed: the table write then records them as sent.
+        for alert, produced_at in alerts:
+            fut = await self.alerts_topic.send(key=alert.customer_id.encode(), value=encode(alert))
+            await fut
+            self.metrics.alerts.labels(alert.rule).inc()
+            self.metrics.alert_latency.observe(max(0.0, time.time() - produced_at))
+        for key, state in work.items():
+            bind_event(carrier[key])
+            self.customers[key] = dump_state(state)
+            old = revenue_before[key]
+            if old is None or old != state.trailing_revenue:
+                self.revenue[key] = str(state.trailing_revenue).encode()
+        for (event_type, result), n in outcomes.items():
+            self.metrics.events.labels(event_type, result).inc(n)
+        if sends:
+            await asyncio.gather(*sends)
+        self.metrics.batch_size.observe(len(events))
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _well_placed(self, msg: Any, key: bytes) -> bool:
+        """The record's key and partition are the ones customer_id implies."""
+        if msg.key != key:
+            return False
+        n = self.app.consumer.topic_partitions(msg.topic) or self.settings.partitions
+        return bool(key_partition(key, n) == msg.partition)
+
+    async def _reroute(self, msg: Any, key: bytes) -> Awaitable[Any]:
+        """Re-produce a wrongly keyed record under customer_id, onto its proper partition."""
+        n = self.app.consumer.topic_partitions(msg.topic) or self.settings.partitions
+        headers = list(msg.headers or []) + [
+            ("feedback-rekeyed-from", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())
+        ]
+        self.metrics.rekeyed.labels(msg.topic).inc()
+        fut: Awaitable[Any] = await self.app.producer.send(
+            msg.topic, key, msg.value, key_partition(key, n), None, headers
+        )
+        return fut
+
+    async def _dead_letter(self, msg: Any, exc: InvalidEventError) -> Awaitable[Any]:
+        """Original key, bytes and headers, plus why and where from, in headers."""
+        headers = list(msg.headers or []) + [
+            ("dlq.reason", exc.reason.encode()),
+            ("dlq.detail", exc.detail.encode()[:1000]),
+            ("dlq.field", (exc.field or "").encode()),
+            ("dlq.topic", msg.topic.encode()),
+            ("dlq.partition", str(msg.partition).encode()),
+            ("dlq.offset", str(msg.offset).encode()),
+            ("dlq.timestamp_ms", str(int(msg.timestamp * 1000)).encode()),
+        ]
+        self.metrics.dead_letters.labels(exc.reason, msg.topic).inc()
+        log.warning("dead-lettered %s/%s@%s: %s", msg.topic, msg.partition, msg.offset, exc)
+        fut: Awaitable[Any] = await self.app.producer.send(
+            self.settings.topic_deadletter, msg.key, msg.value or b"", None, None, headers
+        )
+        return fut
+
+    def refresh_cutoffs(self) -> None:
+        """Recompute the Pareto boundaries from every customer's revenue (all workers)."""
+        share = self.settings.high_value_top_share
+        if share <= 0:
+            return
+        revenues = [float(v) for v in self.revenue.values()]
+        cutoffs = value.cutoffs_from(revenues, share)
+        self.policy = policy_from(self.settings, cutoffs)
+        for tier, cut in (("A", cutoffs.a), ("B", cutoffs.b)):
+            if cut is not None:
+                self.metrics.pareto_cutoff.labels(tier).set(cut)
+
+    def refresh_gauges(self) -> None:
+        """Table-wide gauges, sampled (not per event)."""
+        tiers: Counter[str] = Counter()
+        risks: Counter[str] = Counter()
+        n = 0
+        for raw in self.customers.values():
+            state = load_state(raw)
+            if state is None:
+                continue
+            n += 1
+            tiers[state.value_tier] += 1
+            risks[risk_bucket(state.churn_risk)] += 1
+        self.metrics.customers.set(n)
+        for tier in ("A", "B", "C"):
+            self.metrics.customers_by_tier.labels(tier).set(tiers[tier])
+        for bucket in RISK_BUCKETS:
+            self.metrics.customers_by_risk.labels(bucket).set(risks[bucket])
+
+
+RISK_BUCKETS = ("low", "medium", "high")
+
+
+def risk_bucket(risk: float) -> str:
+    """Low below 0.3, high from 0.6: the bands an operator acts on."""
+    return "low" if risk < 0.3 else "medium" if risk < 0.6 else "high"

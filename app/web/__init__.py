@@ -1,0 +1,1 @@
+"""Read-only HTTP views over the tables."""

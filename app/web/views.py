@@ -1,0 +1,40 @@
+"""HTTP: one customer's state (routed to the owning worker) and health."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.web import Request, Response, View
+
+from app.domain.customer import public_view
+
+if TYPE_CHECKING:
+    from app.streams.processor import BatchProcessor
+
+
+def register(app: faust.App, processor: BatchProcessor) -> None:
+    """Attach the views to the app's web server."""
+    customers = processor.customers
+    from app.streams.processor import load_state
+
+    @app.page("/customers/{customer_id}")
+    class CustomerView(View):
+        @app.table_route(table=customers, match_info="customer_id")  # type: ignore[arg-type]
+        async def get(self, request: Request, customer_id: str) -> Response:
+            state = load_state(customers.get(customer_id.encode()))
+            if state is None:
+                return self.json({"error": "unknown customer", "customer_id": customer_id},
+                                 status=404)  # fmt: skip
+            return self.json(public_view(state))
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            body: dict[str, Any] = {
+                "status": "ok",
+                "now": datetime.now(UTC).isoformat(),
+                "assigned_partitions": len(app.assignor.assigned_actives()),
+            }
+            return self.json(body)
