@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from app.domain.complaints import ComplaintRecord
 from app.domain.events import Band
@@ -94,3 +95,32 @@ def risk(inp: ChurnInputs) -> tuple[float, list[str]]:
             strength[reason] = max(strength.get(reason, 0.0), c)
     reasons = sorted(strength, key=lambda r: (-strength[r], r))
     return round(1.0 - keep, 6), reasons
+
+
+@dataclass(frozen=True)
+class PeriodChurn:
+    """Churn over a period, as the source defines it (see shared/DOMAIN.md)."""
+
+    lost: int
+    rate: float
+    convention: str
+
+
+def period_churn(at_start: int, at_end: int, new: int, divide_by: str = "end") -> PeriodChurn:
+    """``lost = start - (end - new)``; rate = lost / customers_at_end (the source's convention).
+
+    ``divide_by="start"`` gives the more common lost / customers_at_start.
+
+    >>> period_churn(3000, 3300, 500)
+    PeriodChurn(lost=200, rate=0.0606060606060606, convention='end')
+    """
+    lost = at_start - (at_end - new)
+    denominator = at_end if divide_by == "end" else at_start
+    if denominator <= 0:
+        raise ValueError(f"customers_at_{divide_by} must be positive")
+    return PeriodChurn(lost, lost / denominator, divide_by)
+
+
+def churn_loss(revenue_lost: Decimal, margin: Decimal) -> Decimal:
+    """Revenue lost with the churned customers times profit margin."""
+    return revenue_lost * margin

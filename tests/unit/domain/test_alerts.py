@@ -1,0 +1,105 @@
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from app.domain.alerts import Snapshot, alert_id, evaluate
+from app.domain.customer import CustomerState, Policy, apply
+from app.domain.events import Alert, AnyEvent, SurveyResponse
+from app.domain.value import ValuePolicy
+
+from .factory import complaint, purchase, survey
+
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+POLICY = Policy(value_policy=ValuePolicy(revenue_threshold=Decimal("1000"), top_share=0.0))
+
+
+def run(events: list[AnyEvent], policy: Policy = POLICY) -> tuple[CustomerState, list[Alert]]:
+    state: CustomerState | None = None
+    alerts: list[Alert] = []
+    for e in events:
+        before = Snapshot.of(state)
+        state, _ = apply(state, e, policy)
+        alerts += evaluate(before, state, e, policy, NOW)
+    assert state is not None
+    return state, alerts
+
+
+def test_high_value_promoter_turning_detractor_alerts_once_with_full_payload() -> None:
+    trigger = survey(3, day=20, event_id="s2", segment={"region": "eu"})
+    state, alerts = run(
+        [purchase(1500, day=1), survey(9, day=10, event_id="s1"),
+         complaint("k", "opened", day=15), trigger, survey(2, day=21)]
+    )  # fmt: skip
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert a.alert_id == alert_id("detractor", "c1", "s2")
+    assert (a.rule, a.rule_version, a.customer_id, a.trigger_event_id) == ("detractor", 1, "c1", "s2")
+    assert (a.score, a.previous_band, a.previous_score) == (3, "promoter", 9)
+    assert a.trailing_revenue == Decimal("1500") and a.value_tier == "A"
+    assert a.open_complaints == 1
+    assert a.churn_reasons[:2] == ["open_complaint", "detractor"]
+    assert a.sla_due_at == trigger.occurred_at + timedelta(hours=24)
+    assert a.occurred_at == trigger.occurred_at and a.emitted_at == NOW
+    assert a.rolling_nps == -100.0
+
+
+@pytest.mark.parametrize(
+    ("scores", "expected_alerts"),
+    [
+        ([5], 1),  # no score yet -> detractor
+        ([8, 6], 1),  # passive -> detractor
+        ([9, 4, 3, 2], 1),  # stays detractor: no repeat
+        ([9, 4, 8, 4], 2),  # left detractor: re-armed
+        ([9, 10, 7], 0),
+    ],
+)
+def test_one_alert_per_transition(scores: list[int], expected_alerts: int) -> None:
+    events: list[AnyEvent] = [purchase(5000, day=0)]
+    events += [survey(s, day=i + 1) for i, s in enumerate(scores)]
+    assert len(run(events)[1]) == expected_alerts
+
+
+def test_not_high_value_no_alert() -> None:
+    assert run([purchase(999, day=0), survey(9, day=1), survey(2, day=2)])[1] == []
+
+
+def test_revenue_is_judged_at_the_surveys_event_time() -> None:
+    # The big purchase happened after the survey: at the survey's time revenue was low.
+    _, alerts = run([purchase(5000, day=30), survey(2, day=10)])
+    assert alerts == []
+
+
+def test_late_detractor_response_does_not_alert() -> None:
+    _, alerts = run([purchase(5000, day=0), survey(9, day=10), survey(1, day=5)])
+    assert alerts == []
+
+
+def test_membership_tier_makes_high_value() -> None:
+    policy = Policy(value_policy=ValuePolicy(Decimal("1000"), 0.0, frozenset({"platinum"})))
+    _, alerts = run([survey(9, day=1, segment={"tier": "platinum"}), survey(1, day=2)], policy)
+    assert len(alerts) == 1 and alerts[0].trailing_revenue == 0
+
+
+def test_cooldown_realerts_while_still_detractor() -> None:
+    policy = Policy(value_policy=POLICY.value_policy, realert_after=timedelta(days=30))
+    events: list[AnyEvent] = [purchase(5000, day=0), survey(2, day=1), survey(3, day=10),
+                              survey(1, day=40)]  # fmt: skip
+    _, alerts = run(events, policy)
+    assert [a.score for a in alerts] == [2, 1]
+    assert alerts[1].previous_band is None
+
+
+def test_alert_id_deterministic_and_replay_identical() -> None:
+    events: list[AnyEvent] = [purchase(5000, day=0), survey(9, day=1), survey(2, day=2)]
+    _, first = run(events)
+    _, second = run(events)
+    assert first == second
+    assert len({alert_id("detractor", "c1", "x"), alert_id("detractor", "c1", "y")}) == 2
+
+
+def test_alert_serialises_to_the_schema() -> None:
+    _, alerts = run([purchase(5000, day=0), survey(1, day=1)])
+    raw = alerts[0].model_dump_json()
+    assert Alert.model_validate_json(raw) == alerts[0]
+    assert isinstance(survey(1), SurveyResponse)
