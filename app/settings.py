@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(65_536, ge=256)
     batch_size: int = Field(1000, ge=1)
     batch_within: float = Field(0.2, gt=0)
+    session_timeout: float = Field(30.0, ge=6, le=300)
 
     @field_validator("broker")
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from app.domain import value
 from app.domain.customer import CustomerState, Policy
@@ -89,8 +89,8 @@ def evaluate(
             churn_reasons=list(after.churn_reasons),
             open_complaints=after.open_complaints,
             segment=after.segment,
-            occurred_at=event.occurred_at,
-            emitted_at=now,
-            sla_due_at=event.occurred_at + SLA,
+            occurred_at=event.occurred_at.astimezone(UTC),
+            emitted_at=now.astimezone(UTC),
+            sla_due_at=(event.occurred_at + SLA).astimezone(UTC),
         )
     ]

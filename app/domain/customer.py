@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -254,6 +254,11 @@ def _prune(state: CustomerState, as_of: datetime) -> None:
         del state.complaints[k]
 
 
+def iso(at: datetime | None) -> str | None:
+    """RFC 3339 in UTC: one offset for every time CRM reads."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z") if at else None
+
+
 def public_view(state: CustomerState, now: datetime | None = None) -> dict[str, Any]:
     """The state as CRM reads it over HTTP: figures, not internals."""
     as_of = now or state.last_event_at
@@ -267,7 +272,7 @@ def public_view(state: CustomerState, now: datetime | None = None) -> dict[str, 
                     "status": c.status,
                     "category": c.category,
                     "severity": c.severity,
-                    "opened_at": c.opened_at.isoformat() if c.opened_at else None,
+                    "opened_at": iso(c.opened_at),
                     "age_hours": round(age.total_seconds() / 3600, 2) if age else None,
                     "sla_breached": c.breached(as_of) if as_of else False,
                 }
@@ -277,9 +282,6 @@ def public_view(state: CustomerState, now: datetime | None = None) -> dict[str, 
         for c in state.complaints.values()
         if not c.is_open and (t := c.resolution_time()) is not None
     ]
-
-    def iso(at: datetime | None) -> str | None:
-        return at.isoformat() if at else None
 
     return {
         "customer_id": state.customer_id,

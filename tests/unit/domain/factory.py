@@ -31,7 +31,9 @@ def _common(kw: dict[str, Any]) -> dict[str, Any]:
 
 
 def survey(score: int, day: float = 0, **kw: Any) -> SurveyResponse:
-    return SurveyResponse(event_type="survey", score=score, **_common({"occurred_at": at(day), **kw}))
+    return SurveyResponse(
+        event_type="survey", score=score, **_common({"occurred_at": at(day), **kw})
+    )
 
 
 def purchase(amount: str | int, day: float = 0, currency: str = "EUR", **kw: Any) -> Purchase:

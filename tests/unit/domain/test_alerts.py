@@ -34,7 +34,12 @@ def test_high_value_promoter_turning_detractor_alerts_once_with_full_payload() -
     assert len(alerts) == 1
     a = alerts[0]
     assert a.alert_id == alert_id("detractor", "c1", "s2")
-    assert (a.rule, a.rule_version, a.customer_id, a.trigger_event_id) == ("detractor", 1, "c1", "s2")
+    assert (a.rule, a.rule_version, a.customer_id, a.trigger_event_id) == (
+        "detractor",
+        1,
+        "c1",
+        "s2",
+    )
     assert (a.score, a.previous_band, a.previous_score) == (3, "promoter", 9)
     assert a.trailing_revenue == Decimal("1500") and a.value_tier == "A"
     assert a.open_complaints == 1

@@ -97,7 +97,11 @@ complaint_st = st.builds(
     st.one_of(st.none(), st.floats(0, 400)), st.floats(0, 1), st.sampled_from(["minor", "major"]),
 )  # fmt: skip
 def test_unresolved_complaint_never_lowers_risk(
-    band: str | None, score: int, cs: list[ComplaintRecord], days: float | None, decline: float,
+    band: str | None,
+    score: int,
+    cs: list[ComplaintRecord],
+    days: float | None,
+    decline: float,
     severity: str,
 ) -> None:
     base = inputs(band=band, score=score, complaints=cs, days_since_purchase=days,

@@ -1,0 +1,129 @@
+"""SIGKILL a worker mid-stream; a fresh worker restores from the changelog and loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from app.domain.alerts import Snapshot, evaluate
+from app.domain.customer import CustomerState, Policy, apply, public_view
+from app.domain.events import AnyEvent, decode_event
+from app.domain.value import ValuePolicy
+
+from .harness import Worker, consume_all, event, poll, produce, worker_env
+
+pytestmark = pytest.mark.integration
+
+COMPARED = (
+    "band", "latest_score", "latest_score_at", "previous_band", "previous_score", "rolling_nps",
+    "responses", "trailing_revenue", "purchase_count", "first_purchase_at", "last_purchase_at",
+    "high_value", "value_tier", "open_complaints", "sla_breaches", "churn_risk", "churn_reasons",
+    "last_event_at", "events",
+)  # fmt: skip
+
+
+def generate(seed: int, customers: int, per_customer: int) -> list[tuple[str, str, bytes]]:
+    """(topic kind, customer, value): distinct event times per customer, some re-deliveries."""
+    rnd = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    out: list[tuple[str, str, bytes]] = []
+    for n in range(customers):
+        cust = f"cust-{n:04d}"
+        seg = {"tier": "gold" if n % 3 == 0 else "silver", "region": rnd.choice(["eu", "us"])}
+        minutes = sorted(rnd.sample(range(0, 400 * 24 * 60), per_customer))
+        for i, m in enumerate(minutes):
+            at = (start + timedelta(minutes=m)).isoformat()
+            eid = f"{cust}-e{i}"
+            kind = rnd.choices(["survey", "purchase", "complaint"], [5, 4, 2])[0]
+            if kind == "survey":
+                raw = event("survey", eid, cust, at, score=rnd.choice([0, 3, 6, 7, 8, 9, 10]),
+                            respondent_id=rnd.choice([None, "a", "b"]), segment=seg)  # fmt: skip
+            elif kind == "purchase":
+                raw = event("purchase", eid, cust, at, order_id=f"o{i}",
+                            amount=str(rnd.randint(-20, 400)), currency=rnd.choice(["EUR", "USD"]))  # fmt: skip
+            else:
+                raw = event("complaint", eid, cust, at, complaint_id=f"k{rnd.randint(0, 2)}",
+                            status=rnd.choice(["opened", "resolved", "escalated"]),
+                            category="service", severity=rnd.choice(["minor", "major"]))  # fmt: skip
+            out.append((kind, cust, raw))
+            if rnd.random() < 0.03:
+                out.append((kind, cust, raw))  # a re-delivery: must count once
+    return out
+
+
+def test_sigkill_mid_stream_then_restore_from_changelog(kafka_broker: str, tmp_path: Path) -> None:
+    unique = uuid.uuid4().hex[:10]
+    env = worker_env(
+        kafka_broker, unique, tmp_path / "data-1",
+        FEEDBACK_HIGH_VALUE_REVENUE="1000000000", FEEDBACK_HIGH_VALUE_TIERS="gold",
+        FEEDBACK_FX_RATES='{"USD": "0.9"}', FEEDBACK_BATCH_SIZE="50",
+    )  # fmt: skip
+    topics = {"survey": env["FEEDBACK_TOPIC_SURVEYS"], "purchase": env["FEEDBACK_TOPIC_PURCHASES"],
+              "complaint": env["FEEDBACK_TOPIC_COMPLAINTS"]}  # fmt: skip
+    stream = generate(seed=7, customers=120, per_customer=40)
+    records = [(topics[k], c.encode(), raw) for k, c, raw in stream]
+    first, rest = records[: len(records) // 2], records[len(records) // 2 :]
+
+    worker = Worker(env, tmp_path / "worker-1.log")
+    worker.start()
+    asyncio.run(produce(kafka_broker, first))
+    poll(lambda: worker.metric("feedback_events_total") >= 600, 60, "600 events processed", worker)
+    worker.kill()
+    asyncio.run(produce(kafka_broker, rest))
+
+    # A fresh state directory: everything must come back from the changelog topics.
+    env2 = {**env, "FEEDBACK_DATA_DIR": str(tmp_path / "data-2")}
+    restarted = Worker(env2, tmp_path / "worker-2.log")
+    restarted.start(timeout=180)
+    try:
+        policy = Policy(
+            fx_rates={"EUR": Decimal(1), "USD": Decimal("0.9")},
+            value_policy=ValuePolicy(Decimal("1000000000"), 0.0, frozenset({"gold"})),
+        )
+        expected: dict[str, CustomerState] = {}
+        expected_alerts: dict[str, str] = {}
+        now = datetime.now(UTC)
+        for _, cust, raw in stream:
+            ev: AnyEvent = decode_event(raw)
+            before = Snapshot.of(expected.get(cust))
+            expected[cust], _ = apply(expected.get(cust), ev, policy)
+            for a in evaluate(before, expected[cust], ev, policy, now):
+                expected_alerts[a.alert_id] = a.trigger_event_id
+
+        def caught_up() -> bool:
+            for cust, state in expected.items():
+                status, got = restarted.get(f"/customers/{cust}")
+                if status != 200 or got.get("events") != state.seq:
+                    return False
+            return True
+
+        poll(caught_up, 180, "every customer's event count to match the replay", restarted)
+        for cust, state in expected.items():
+            want = {k: public_view(state)[k] for k in COMPARED}
+            got = restarted.get(f"/customers/{cust}")[1]
+            assert {k: got[k] for k in COMPARED} == want, cust
+
+        alerts = asyncio.run(
+            consume_all(kafka_broker, env["FEEDBACK_TOPIC_ALERTS"],
+                        lambda r: {json.loads(x.value)["alert_id"] for x in r} >= set(expected_alerts),
+                        timeout=60)
+        )  # fmt: skip
+        seen: dict[str, str] = {}
+        for r in alerts:
+            body = json.loads(r.value)
+            assert (
+                seen.setdefault(body["alert_id"], body["trigger_event_id"])
+                == body["trigger_event_id"]
+            )
+        assert set(seen) == set(expected_alerts), "every expected alert, and no other"
+        assert seen == expected_alerts
+        assert len(expected_alerts) > 5
+    finally:
+        restarted.stop()
