@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(65_536, ge=256)
     batch_size: int = Field(1000, ge=1)
     batch_within: float = Field(0.2, gt=0)
+    commit_interval: float = Field(3.0, gt=0, le=60)
+    state_cache_size: int = Field(50_000, ge=0)
     session_timeout: float = Field(30.0, ge=6, le=300)
 
     @field_validator("broker")

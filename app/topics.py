@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from app.errors import ConfigError
 from app.settings import Settings
@@ -18,16 +18,30 @@ from app.settings import Settings
 async def ensure_topics(settings: Settings) -> None:
     """Create missing topics; fail if the input topics are not co-partitioned."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaConnectionError:
+        raise ConfigError(
+            f"cannot reach Kafka at {settings.bootstrap_servers} (FEEDBACK_BROKER); start one "
+            "with `feedback kafka up` or point FEEDBACK_BROKER at your cluster"
+        ) from None
     try:
         names = [*settings.input_topics, settings.topic_alerts, settings.topic_deadletter]
+        compacted = changelog_topics(settings)
         existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
+        missing = [
+            NewTopic(
+                n,
+                settings.partitions,
+                settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if n in compacted else {},
+            )  # fmt: skip
+            for n in [*names, *compacted]
+            if n not in existing
+        ]
         if missing:
             try:
-                await admin.create_topics(
-                    [NewTopic(n, settings.partitions, settings.replication_factor) for n in missing]
-                )
+                await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
         described = await admin.describe_topics(list(settings.input_topics))
@@ -39,6 +53,18 @@ async def ensure_topics(settings: Settings) -> None:
             )
     finally:
         await admin.close()
+
+
+def changelog_topics(settings: Settings) -> list[str]:
+    """Faust's changelog topic names for our tables, created up front.
+
+    Created here (compacted, same partition count) so a worker never
+    subscribes before they exist, which stalled the first assignment.
+    """
+    return [
+        f"{settings.app_id}-customer_state_by_customer-changelog",
+        f"{settings.app_id}-revenue_by_customer-changelog",
+    ]
 
 
 def ensure_topics_sync(settings: Settings) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from app.domain import value
-from app.domain.customer import CustomerState, Policy
+from app.domain.customer import CustomerState, Policy, refresh
 from app.domain.events import Alert, AnyEvent, Band, SurveyResponse
 
 DETRACTOR_RULE_VERSION = 1
@@ -68,6 +68,7 @@ def evaluate(
     high, value_tier = value.classify(revenue, tier, policy.value_policy, policy.cutoffs)
     if not high:
         return []
+    refresh(after, policy)  # the alert carries figures as of this event
     after.detractor_alerted_at = event.occurred_at
     after.alerts_sent += 1
     previous_band = before.band if transition else "detractor"

@@ -7,6 +7,7 @@ equals a sequential replay of the same events through this function.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -117,15 +118,21 @@ def apply(
         if state is None
         else state.model_copy(deep=True)
     )
-    return work, fold(work, event, policy)
+    outcome = fold(work, event, policy)
+    if outcome is not Outcome.DUPLICATE:
+        refresh(work, policy)
+    return work, outcome
 
 
 def fold(state: CustomerState, event: AnyEvent, policy: Policy) -> Outcome:
-    """Fold one event into ``state`` in place (the agent owns its working copy).
+    """Fold one event's facts into ``state`` in place; derived figures wait for refresh().
 
-    A duplicate ``event_id`` (within the last ``dedup_event_ids`` ids of this
-    customer) changes nothing. An unknown currency raises InvalidEventError
-    before anything changes.
+    The agent folds a whole batch and refreshes each touched customer once;
+    the derived figures depend only on the facts, so the result equals
+    refreshing after every event (what apply() does). A duplicate
+    ``event_id`` (within the last ``dedup_event_ids`` ids of this customer)
+    changes nothing. An unknown currency raises InvalidEventError before
+    anything changes.
     """
     if event.event_id in state.recent_event_ids:
         return Outcome.DUPLICATE
@@ -143,7 +150,7 @@ def fold(state: CustomerState, event: AnyEvent, policy: Policy) -> Outcome:
     if state.last_event_at is None or event.occurred_at > state.last_event_at:
         state.last_event_at = event.occurred_at
     outcome = _HANDLERS[type(event)](state, event, amount)
-    refresh(state, policy)
+    _prune(state, state.last_event_at)
     return outcome
 
 
@@ -171,7 +178,8 @@ def _survey(state: CustomerState, event: Any, _: Decimal | None) -> Outcome:
 def _purchase(state: CustomerState, event: Any, amount: Decimal | None) -> Outcome:
     ev: Purchase = event
     assert amount is not None
-    state.purchases.append(PurchaseRecord(at=ev.occurred_at, amount=amount, order_id=ev.order_id))
+    record = PurchaseRecord(at=ev.occurred_at, amount=amount, order_id=ev.order_id)
+    bisect.insort(state.purchases, record, key=lambda p: p.at)  # kept in event-time order
     state.purchase_count += 1
     if state.first_purchase_at is None or ev.occurred_at < state.first_purchase_at:
         state.first_purchase_at = ev.occurred_at
@@ -203,7 +211,6 @@ def refresh(state: CustomerState, policy: Policy) -> None:
     as_of = state.last_event_at
     if as_of is None:
         return
-    _prune(state, as_of)
     if state.score_at is not None:
         since = state.score_at - NPS_WINDOW
         counts = nps.NpsCounts()
@@ -236,22 +243,25 @@ def refresh(state: CustomerState, policy: Policy) -> None:
     )
 
 
-def _prune(state: CustomerState, as_of: datetime) -> None:
+def _prune(state: CustomerState, as_of: datetime | None) -> None:
     """Bound the state: old purchases, responses outside any window, long-closed complaints."""
+    if as_of is None:
+        return
     keep_from = as_of - PURCHASE_MEMORY
-    state.purchases = sorted((p for p in state.purchases if p.at >= keep_from), key=lambda p: p.at)
+    if state.purchases and state.purchases[0].at < keep_from:
+        state.purchases = [p for p in state.purchases if p.at >= keep_from]
     if state.score_at is not None:
         since = state.score_at - NPS_WINDOW
         stale = [k for k, r in state.responses.items() if r.at < since]
         for k in stale:
             del state.responses[k]
-    gone = [
-        k
-        for k, c in state.complaints.items()
-        if not c.is_open and c.status_at < as_of - RESOLVED_MEMORY
-    ]
-    for k in gone:
-        del state.complaints[k]
+    if state.complaints:
+        closed_before = as_of - RESOLVED_MEMORY
+        gone = [
+            k for k, c in state.complaints.items() if not c.is_open and c.status_at < closed_before
+        ]
+        for k in gone:
+            del state.complaints[k]
 
 
 def iso(at: datetime | None) -> str | None:

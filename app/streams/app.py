@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from app.streams.processor import BatchProcessor
-from app.streams.tables import KeyPartitionedGlobalTable, KeyPartitionedTable
+from app.streams.tables import KeyPartitionedGlobalTable, KeyPartitionedTable, QuietWorker
 
 _ATTR = "feedback_processor"
 
@@ -33,8 +33,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        broker_commit_every=1000,
-        broker_commit_interval=1.0,
+        # Offsets commit after the producer has flushed; every commit stalls the
+        # stream briefly, so commit by time. A crash replays at most this much,
+        # which the per-customer event_id dedup absorbs.
+        broker_commit_every=50_000,
+        broker_commit_interval=settings.commit_interval,
+        producer_linger=0.01,
+        producer_max_batch_size=256 * 1024,
+        stream_buffer_maxsize=settings.batch_size * 4,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
         topic_allow_declare=True,
@@ -42,6 +48,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         autodiscover=False,
         Table=KeyPartitionedTable,
         GlobalTable=KeyPartitionedGlobalTable,
+        Worker=QuietWorker,
     )
     from faust.sensors.prometheus import setup_prometheus_sensors
 

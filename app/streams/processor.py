@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +19,7 @@ import faust
 
 from app.domain import value
 from app.domain.alerts import Snapshot, evaluate
-from app.domain.customer import CustomerState, Policy, fold
+from app.domain.customer import CustomerState, Policy, fold, refresh
 from app.domain.events import Alert, decode_event, encode
 from app.errors import InvalidEventError
 from app.metrics import ServiceMetrics
@@ -76,6 +76,31 @@ class BatchProcessor:
         # Derived from the revenue GlobalTable by a timer; a cache, not state.
         self.policy = policy_from(settings)
         self._known_topics: set[str] = set()
+        self._partition_counts: dict[str, int] = {}
+        self._cache: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
+
+    def _load(self, key: bytes) -> CustomerState | None:
+        """Read a customer, reusing the parsed state when the stored bytes are unchanged.
+
+        The table stays the source of truth: the cache is only used when the
+        bytes in the table are exactly the bytes that produced the cached
+        object, so a rebalance, a restore or a crashed batch can never serve a
+        stale state.
+        """
+        raw = self.customers.get(key)
+        if raw is None:
+            return None
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == raw:
+            self._cache.move_to_end(key)
+            return hit[1]
+        return load_state(raw)
+
+    def _remember(self, key: bytes, raw: bytes, state: CustomerState) -> None:
+        self._cache[key] = (raw, state)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.settings.state_cache_size:
+            self._cache.popitem(last=False)
 
     async def _ensure_metadata(self, topics: Sequence[str]) -> None:
         """aiokafka refuses an explicit partition of a topic whose metadata it has not loaded."""
@@ -119,7 +144,7 @@ class BatchProcessor:
             carrier[key] = ev
             state = work.get(key)
             if state is None:
-                state = load_state(self.customers.get(key))
+                state = self._load(key)
                 if state is None:
                     state = CustomerState(
                         customer_id=event.customer_id, currency=policy.base_currency
@@ -139,14 +164,22 @@ class BatchProcessor:
             for alert in evaluate(before, state, event, policy, now):
                 alerts.append((alert, msg.timestamp))
         # Alerts first and confirmed: the table write then records them as sent.
-        for alert, produced_at in alerts:
-            fut = await self.alerts_topic.send(key=alert.customer_id.encode(), value=encode(alert))
-            await fut
-            self.metrics.alerts.labels(alert.rule).inc()
-            self.metrics.alert_latency.observe(max(0.0, time.time() - produced_at))
+        if alerts:
+            delivered = [
+                await self.alerts_topic.send(key=a.customer_id.encode(), value=encode(a))
+                for a, _ in alerts
+            ]
+            await asyncio.gather(*delivered)
+            sent_at = time.time()
+            for alert, produced_at in alerts:
+                self.metrics.alerts.labels(alert.rule).inc()
+                self.metrics.alert_latency.observe(max(0.0, sent_at - produced_at))
         for key, state in work.items():
+            refresh(state, policy)
             bind_event(carrier[key])
-            self.customers[key] = dump_state(state)
+            raw = dump_state(state)
+            self.customers[key] = raw
+            self._remember(key, raw, state)
             old = revenue_before[key]
             if old is None or old != state.trailing_revenue:
                 self.revenue[key] = str(state.trailing_revenue).encode()
@@ -157,16 +190,22 @@ class BatchProcessor:
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
+    def _partitions(self, topic: str) -> int:
+        n = self._partition_counts.get(topic)
+        if n is None:
+            n = self.app.consumer.topic_partitions(topic) or self.settings.partitions
+            self._partition_counts[topic] = n
+        return n
+
     def _well_placed(self, msg: Any, key: bytes) -> bool:
         """The record's key and partition are the ones customer_id implies."""
         if msg.key != key:
             return False
-        n = self.app.consumer.topic_partitions(msg.topic) or self.settings.partitions
-        return bool(key_partition(key, n) == msg.partition)
+        return bool(key_partition(key, self._partitions(msg.topic)) == msg.partition)
 
     async def _reroute(self, msg: Any, key: bytes) -> Awaitable[Any]:
         """Re-produce a wrongly keyed record under customer_id, onto its proper partition."""
-        n = self.app.consumer.topic_partitions(msg.topic) or self.settings.partitions
+        n = self._partitions(msg.topic)
         headers = list(msg.headers or []) + [
             ("feedback-rekeyed-from", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())
         ]

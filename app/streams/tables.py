@@ -48,3 +48,15 @@ def bind_event(event: Any) -> None:
     partition is the key's own (checked before by the processor).
     """
     _current_event.set(weakref.ref(event))
+
+
+class QuietWorker(faust.Worker):
+    """Faust's worker without the terminal spinner.
+
+    At ``-l warn`` and above the spinner lowers the root logger to DEBUG so it
+    can spin on every record, which makes every library build DEBUG log
+    records on the hot path (measured: about 7% of worker CPU).
+    """
+
+    def _setup_spinner_handler(self, logger: Any, level: int) -> None:
+        self.spinner = None

@@ -1,0 +1,1 @@
+"""Realistic, seeded synthetic traffic for the demo, benchmarks and churn evaluation."""
