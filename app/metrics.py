@@ -26,6 +26,8 @@ class ServiceMetrics:
     customers_by_tier: Gauge
     customers_by_risk: Gauge
     pareto_cutoff: Gauge
+    segment_nps: Gauge
+    segment_responses: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ServiceMetrics:
@@ -94,6 +96,18 @@ class ServiceMetrics:
                 "feedback_pareto_cutoff_revenue",
                 "Trailing revenue at the tier boundary over all customers",
                 ["tier"],
+                registry=reg,
+            ),  # fmt: skip
+            segment_nps=Gauge(
+                "feedback_segment_nps",
+                "NPS per segment over a rolling event-time window",
+                ["segment", "window"],
+                registry=reg,
+            ),  # fmt: skip
+            segment_responses=Gauge(
+                "feedback_segment_responses",
+                "Survey responses per segment and window",
+                ["segment", "window"],
                 registry=reg,
             ),  # fmt: skip
         )

@@ -64,6 +64,7 @@ def changelog_topics(settings: Settings) -> list[str]:
     return [
         f"{settings.app_id}-customer_state_by_customer-changelog",
         f"{settings.app_id}-revenue_by_customer-changelog",
+        f"{settings.app_id}-nps_tally_by_segment_day-changelog",
     ]
 
 

@@ -77,7 +77,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         "revenue_by_customer", partitions=settings.partitions,
         key_type=bytes, value_type=bytes,
     )  # fmt: skip
-    processor = BatchProcessor(app, settings, metrics, customers, revenue, alerts, deadletter)
+    # Small (segments x days x partitions); every worker reads all of it for /nps.
+    nps_tallies = app.GlobalTable(
+        "nps_tally_by_segment_day", partitions=settings.partitions,
+        key_type=bytes, value_type=bytes, store="memory://",
+    )  # fmt: skip
+    processor = BatchProcessor(
+        app, settings, metrics, customers, revenue, nps_tallies, alerts, deadletter
+    )
     setattr(app, _ATTR, processor)
 
     @app.agent(inputs, name="customer_agent")
@@ -98,6 +105,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.timer(interval=2.0, on_leader=False)  # type: ignore[untyped-decorator]
     async def refresh_cutoffs() -> None:
         processor.refresh_cutoffs()
+
+    @app.timer(interval=10.0, on_leader=False)  # type: ignore[untyped-decorator]
+    async def refresh_segments() -> None:
+        processor.refresh_segments()
 
     @app.timer(interval=15.0)  # type: ignore[untyped-decorator]
     async def refresh_gauges() -> None:

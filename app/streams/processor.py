@@ -8,6 +8,7 @@ alerts are delivered before the table write, so a crash can repeat an alert
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -17,10 +18,10 @@ from typing import Any
 
 import faust
 
-from app.domain import value
+from app.domain import segments, value
 from app.domain.alerts import Snapshot, evaluate
-from app.domain.customer import CustomerState, Policy, fold, refresh
-from app.domain.events import Alert, decode_event, encode
+from app.domain.customer import CustomerState, Outcome, Policy, fold, refresh
+from app.domain.events import Alert, SurveyResponse, decode_event, encode
 from app.errors import InvalidEventError
 from app.metrics import ServiceMetrics
 from app.settings import Settings
@@ -63,6 +64,7 @@ class BatchProcessor:
         metrics: ServiceMetrics,
         customers: Any,
         revenue: Any,
+        nps_tallies: Any,
         alerts: Any,
         deadletter: Any,
     ) -> None:
@@ -71,6 +73,7 @@ class BatchProcessor:
         self.metrics = metrics
         self.customers = customers
         self.revenue = revenue
+        self.nps_tallies = nps_tallies
         self.alerts_topic = alerts
         self.deadletter_topic = deadletter
         # Derived from the revenue GlobalTable by a timer; a cache, not state.
@@ -120,6 +123,7 @@ class BatchProcessor:
         alerts: list[tuple[Alert, float]] = []
         sends: list[Awaitable[Any]] = []
         outcomes: Counter[tuple[str, str]] = Counter()
+        tallies: dict[bytes, list[int]] = {}
         await self._ensure_metadata(
             [
                 *self.settings.input_topics,
@@ -160,6 +164,15 @@ class BatchProcessor:
                 sends.append(await self._dead_letter(msg, exc))
                 continue
             outcomes[(event.event_type, outcome.value)] += 1
+            if isinstance(event, SurveyResponse) and outcome is not Outcome.DUPLICATE:
+                day = event.occurred_at.astimezone(UTC).date()
+                for seg in segments.segments_of(event):
+                    tkey = segments.tally_key(msg.partition, seg, day).encode()
+                    tally = tallies.get(tkey)
+                    if tally is None:
+                        stored = self.nps_tallies.get(tkey)
+                        tally = tallies[tkey] = json.loads(stored) if stored else [0, 0, 0]
+                    segments.add(tally, event.score)
             self.metrics.event_latency.observe(max(0.0, time.time() - msg.timestamp))
             for alert in evaluate(before, state, event, policy, now):
                 alerts.append((alert, msg.timestamp))
@@ -183,6 +196,8 @@ class BatchProcessor:
             old = revenue_before[key]
             if old is None or old != state.trailing_revenue:
                 self.revenue[key] = str(state.trailing_revenue).encode()
+        for tkey, tally in tallies.items():
+            self.nps_tallies[tkey] = json.dumps(tally).encode()
         for (event_type, result), n in outcomes.items():
             self.metrics.events.labels(event_type, result).inc(n)
         if sends:
@@ -262,6 +277,38 @@ class BatchProcessor:
             self.metrics.customers_by_tier.labels(tier).set(tiers[tier])
         for bucket in RISK_BUCKETS:
             self.metrics.customers_by_risk.labels(bucket).set(risks[bucket])
+
+    def segment_nps(self, window: str | None = None, segment: str | None = None) -> dict[str, Any]:
+        """NPS per segment from the tallies of all workers (a global table)."""
+        items = [(_text(k), json.loads(v)) for k, v in self.nps_tallies.items()]
+        as_of = segments.latest_day(k for k, _ in items)
+        windows = [window] if window else list(segments.WINDOWS)
+        rows = []
+        if as_of is not None:
+            for w in windows:
+                rows += [r.as_dict() for r in segments.summarize(items, w, as_of, segment)]
+        return {"as_of": as_of.isoformat() if as_of else None, "segments": rows}
+
+    def refresh_segments(self) -> None:
+        """NPS gauges per segment and window; drop tallies older than every window."""
+        report = self.segment_nps()
+        for row in report["segments"]:
+            labels = (row["segment"], row["window"])
+            self.metrics.segment_responses.labels(*labels).set(row["n"])
+            if row["nps"] is not None:
+                self.metrics.segment_nps.labels(*labels).set(row["nps"])
+        if report["as_of"] is None:
+            return
+        owned = {tp.partition: True for tp in self.app.assignor.assigned_actives()
+                 if tp.topic in self.settings.input_topics}  # fmt: skip
+        as_of = datetime.fromisoformat(report["as_of"]).date()
+        keys = {_text(k): k for k in self.nps_tallies.keys()}
+        for key in segments.expired(list(keys), as_of, owned):
+            del self.nps_tallies[keys[key]]
+
+
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
 
 
 RISK_BUCKETS = ("low", "medium", "high")

@@ -9,6 +9,7 @@ import faust
 from faust.web import Request, Response, View
 
 from app.domain.customer import public_view
+from app.domain.segments import WINDOWS
 
 if TYPE_CHECKING:
     from app.streams.processor import BatchProcessor
@@ -28,6 +29,18 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
                 return self.json({"error": "unknown customer", "customer_id": customer_id},
                                  status=404)  # fmt: skip
             return self.json(public_view(state))
+
+    @app.page("/nps")
+    class NpsView(View):
+        async def get(self, request: Request) -> Response:
+            window = request.query.get("window")
+            segment = request.query.get("segment")
+            if window is not None and window not in WINDOWS:
+                return self.json(
+                    {"error": f"window must be one of {sorted(WINDOWS)}", "window": window},
+                    status=400,
+                )
+            return self.json(processor.segment_nps(window, segment))
 
     @app.page("/health")
     class HealthView(View):

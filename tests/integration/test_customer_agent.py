@@ -120,6 +120,17 @@ def test_scenario_exact_alerts_and_state(running: tuple[Worker, dict[str, str]])
     assert worker.metric("feedback_events_total", outcome="duplicate") == 1
     assert worker.metric("feedback_rekeyed_records_total") == 1
 
+    status, nps = worker.get("/nps?window=90d&segment=overall")
+    assert status == 200 and nps["as_of"] == "2026-03-01"
+    (overall,) = nps["segments"]
+    assert (overall["n"], overall["promoters"], overall["detractors"]) == (8, 3, 5)
+    assert overall["nps"] == -25.0 and overall["ci95"][0] < -25 < overall["ci95"][1]
+    status, week = worker.get("/nps?window=7d")
+    by_segment = {r["segment"]: r for r in week["segments"]}
+    assert by_segment["overall"]["n"] == 2 and by_segment["overall"]["nps"] == 0.0
+    assert by_segment["region:eu"]["n"] == 1 and by_segment["region:eu"]["nps"] == -100.0
+    assert worker.get("/nps?window=1y")[0] == 400
+
 
 BAD = {
     "not_utf8": b"\xff\xfe\xfa",
