@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker", help="start a Faust worker; Faust's worker options follow",
                    add_help=False)  # fmt: skip
+    sub.add_parser("demo", help="local Kafka + worker + simulated traffic, live view")
+    sub.add_parser("simulate", help="publish realistic synthetic traffic")
+    sub.add_parser("alerts", help="`alerts tail`: follow the alert topic")
     return parser
 
 
@@ -111,8 +114,30 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# Sub-commands with their own argument parsing, registered by later modules.
-_EXTRA: dict[str, Callable[[list[str]], int]] = {}
+def _demo(argv: list[str]) -> int:
+    from app.demo import main as demo_main
+
+    return demo_main(argv)
+
+
+def _simulate(argv: list[str]) -> int:
+    from app.simulate.cli import main as simulate_main
+
+    return simulate_main(argv)
+
+
+def _alerts(argv: list[str]) -> int:
+    from app.alerts_tail import main as alerts_main
+
+    return alerts_main(argv)
+
+
+# Sub-commands with their own argument parsing.
+_EXTRA: dict[str, Callable[[list[str]], int]] = {
+    "demo": _demo,
+    "simulate": _simulate,
+    "alerts": _alerts,
+}
 
 if __name__ == "__main__":
     raise SystemExit(main())

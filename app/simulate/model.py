@@ -75,10 +75,11 @@ class Simulation:
     """Yields events in simulated time order for ``customers`` customers."""
 
     def __init__(
-        self, customers: int, seed: int, start: datetime,
+        self, customers: int, seed: int, start: datetime, run_id: str = "sim",
         late_share: float = 0.02, duplicate_share: float = 0.01, malformed_share: float = 0.005,
     ) -> None:  # fmt: skip
         self.rnd = random.Random(seed)
+        self.run_id = run_id
         self.start = start
         self.late_share, self.duplicate_share = late_share, duplicate_share
         self.malformed_share = malformed_share
@@ -122,7 +123,7 @@ class Simulation:
 
     def _id(self) -> str:
         self._ids += 1
-        return f"sim-{self._ids:09d}"
+        return f"{self.run_id}-{self._ids:09d}"
 
     def events(self) -> Iterator[SimEvent]:
         """Events forever (or until every customer has churned), in event-time order."""

@@ -29,6 +29,7 @@ class SimOptions:
     speed: float = 86400.0  # simulated seconds per real second (1 day per second)
     days_back: float = 365.0  # the simulation starts this long before now
     truth: Path | None = None
+    run_id: str = "sim"
 
 
 async def publish(
@@ -38,7 +39,7 @@ async def publish(
 ) -> Counter[str]:  # fmt: skip
     """Produce until ``events``, ``duration`` or ``stop``; returns counts by kind and fault."""
     start = datetime.now(UTC) - timedelta(days=opts.days_back)
-    sim = Simulation(opts.customers, opts.seed, start)
+    sim = Simulation(opts.customers, opts.seed, start, run_id=opts.run_id)
     topics = {"survey": settings.topic_surveys, "purchase": settings.topic_purchases,
               "complaint": settings.topic_complaints}  # fmt: skip
     producer = AIOKafkaProducer(
@@ -72,7 +73,8 @@ async def publish(
             last_at = max(last_at, ev.occurred_at)
             counts[ev.kind] += 1
             counts[f"fault:{ev.fault}"] += 1 if ev.fault else 0
-            if len(pending) >= 2000:
+            if len(pending) >= 500:
+                counts["sim_days"] = int((last_at - start).total_seconds() // 86400)
                 await asyncio.gather(*pending)
                 pending.clear()
                 if progress:
@@ -89,4 +91,5 @@ async def publish(
             for row in sim.ground_truth(last_at):
                 fh.write(json.dumps(row) + "\n")
     counts["total"] = sent
+    counts["sim_days"] = int((last_at - start).total_seconds() // 86400)
     return +counts

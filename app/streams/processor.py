@@ -289,6 +289,29 @@ class BatchProcessor:
                 rows += [r.as_dict() for r in segments.summarize(items, w, as_of, segment)]
         return {"as_of": as_of.isoformat() if as_of else None, "segments": rows}
 
+    def at_risk(self, limit: int) -> list[dict[str, Any]]:
+        """This worker's high-value customers by churn risk, highest first."""
+        found = []
+        for key in list(self.customers.keys()):
+            state = self._load(key if isinstance(key, bytes) else str(key).encode())
+            if state is not None and state.high_value and state.churn_risk > 0:
+                found.append(state)
+        found.sort(key=lambda s: (-s.churn_risk, s.customer_id))
+        return [
+            {
+                "customer_id": s.customer_id,
+                "churn_risk": s.churn_risk,
+                "churn_reasons": s.churn_reasons,
+                "trailing_revenue": str(s.trailing_revenue),
+                "currency": s.currency,
+                "band": s.band,
+                "latest_score": s.score,
+                "open_complaints": s.open_complaints,
+                "value_tier": s.value_tier,
+            }  # fmt: skip
+            for s in found[:limit]
+        ]
+
     def refresh_segments(self) -> None:
         """NPS gauges per segment and window; drop tallies older than every window."""
         report = self.segment_nps()

@@ -42,6 +42,17 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
                 )
             return self.json(processor.segment_nps(window, segment))
 
+    @app.page("/at-risk")
+    class AtRiskView(View):
+        async def get(self, request: Request) -> Response:
+            try:
+                limit = max(1, min(500, int(request.query.get("limit", "20"))))
+            except ValueError:
+                return self.json({"error": "limit must be an integer"}, status=400)
+            return self.json(
+                {"scope": "this worker's partitions", "customers": processor.at_risk(limit)}
+            )
+
     @app.page("/health")
     class HealthView(View):
         async def get(self, request: Request) -> Response:
