@@ -257,7 +257,12 @@ def base64_uuid() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # A leading "-" would be read as an option by the storage tool (as Kafka's own
+        # Uuid.randomUuid avoids); about 1 id in 64 starts with it.
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def wait_ready(bootstrap: str, timeout: float, pid: int | None = None) -> float:

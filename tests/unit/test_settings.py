@@ -43,3 +43,10 @@ def test_env_values_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.fx_rates == {"USD": Decimal("0.9"), "EUR": Decimal("1")}
     assert s.detractor_realert_after is not None
     assert s.detractor_realert_after.days == 30
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    from app.local.kafka import base64_uuid
+
+    ids = [base64_uuid() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
