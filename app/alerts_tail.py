@@ -29,7 +29,7 @@ def _line(alert: dict[str, Any]) -> str:
 async def tail(args: argparse.Namespace) -> int:
     settings = load_settings()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=args.group,
+        **settings.client_kwargs(), group_id=args.group,
         enable_auto_commit=False, auto_offset_reset="earliest",
     )  # fmt: skip
     await consumer.start()

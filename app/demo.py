@@ -135,7 +135,7 @@ class Demo:
         from aiokafka import AIOKafkaConsumer
 
         consumer = AIOKafkaConsumer(
-            settings.topic_alerts, bootstrap_servers=settings.bootstrap_servers,
+            settings.topic_alerts, **settings.client_kwargs(),
             auto_offset_reset="latest", enable_auto_commit=False,
         )  # fmt: skip
         await consumer.start()

@@ -27,6 +27,8 @@ class ServiceMetrics:
     customers_by_risk: Gauge
     pareto_cutoff: Gauge
     segment_nps: Gauge
+    consumer_lag: Gauge
+    table_keys: Gauge
     segment_responses: Gauge
 
     @classmethod
@@ -108,6 +110,18 @@ class ServiceMetrics:
                 "feedback_segment_responses",
                 "Survey responses per segment and window",
                 ["segment", "window"],
+                registry=reg,
+            ),  # fmt: skip
+            consumer_lag=Gauge(
+                "feedback_consumer_lag_records",
+                "Records between the partition's end and what this worker has processed",
+                ["topic", "partition"],
+                registry=reg,
+            ),  # fmt: skip
+            table_keys=Gauge(
+                "feedback_table_keys",
+                "Keys in this worker's copy of a table",
+                ["table"],
                 registry=reg,
             ),  # fmt: skip
         )

@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigError
@@ -38,11 +38,17 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    kafka_tls: bool = False
+
     app_id: str = Field("feedback", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     broker: str = "kafka://127.0.0.1:9092"
     store: Literal["rocksdb://", "memory://"] = "rocksdb://"
     data_dir: Path = Path(".data")
     web_host: str = "127.0.0.1"
+    web_bind: str = "127.0.0.1"
     web_port: int = Field(6066, ge=1, le=65535)
 
     topic_surveys: str = "feedback.surveys.v1"
@@ -106,12 +112,34 @@ class Settings(BaseSettings):
         ]
         if len(set(topics)) != len(topics):
             raise ValueError("topic names must all differ")
+        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError("FEEDBACK_SASL_MECHANISM needs FEEDBACK_SASL_USERNAME and _PASSWORD")
         return self
 
     @property
     def bootstrap_servers(self) -> str:
         """The broker URL as aiokafka wants it (host:port[,host:port])."""
         return ";".join(self.broker.split(";")).replace("kafka://", "").replace(";", ",")
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection options for aiokafka clients (security included)."""
+        kw: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
+        if self.sasl_mechanism:
+            kw.update(
+                security_protocol="SASL_SSL" if self.kafka_tls else "SASL_PLAINTEXT",
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=(
+                    self.sasl_password.get_secret_value() if self.sasl_password else None
+                ),
+            )
+        elif self.kafka_tls:
+            kw["security_protocol"] = "SSL"
+        if self.kafka_tls:
+            import ssl
+
+            kw["ssl_context"] = ssl.create_default_context()
+        return kw
 
     @property
     def input_topics(self) -> tuple[str, str, str]:

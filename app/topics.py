@@ -17,7 +17,7 @@ from app.settings import Settings
 
 async def ensure_topics(settings: Settings) -> None:
     """Create missing topics; fail if the input topics are not co-partitioned."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
     try:
         await admin.start()
     except KafkaConnectionError:

@@ -43,7 +43,7 @@ async def publish(
     topics = {"survey": settings.topic_surveys, "purchase": settings.topic_purchases,
               "complaint": settings.topic_complaints}  # fmt: skip
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, linger_ms=20, acks="all",
+        **settings.client_kwargs(), linger_ms=20, acks="all",
         max_batch_size=256 * 1024,
     )  # fmt: skip
     await producer.start()

@@ -19,14 +19,29 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     """One faust.App per process; importing app.domain never builds it."""
     registry = registry if registry is not None else CollectorRegistry()
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+    credentials: Any = None
+    if settings.sasl_mechanism and settings.sasl_password is not None:
+        import ssl
+
+        credentials = faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.get_secret_value(),
+            mechanism=settings.sasl_mechanism,
+            ssl_context=ssl.create_default_context() if settings.kafka_tls else None,
+        )
+    elif settings.kafka_tls:
+        import ssl
+
+        credentials = ssl.create_default_context()
     app = faust.App(
         settings.app_id,
+        broker_credentials=credentials,
         broker=settings.broker,
         store=settings.store,
         datadir=str(settings.data_dir / "faust"),
         web_port=settings.web_port,
         web_host=settings.web_host,
-        web_bind=settings.web_host,
+        web_bind=settings.web_bind,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         key_serializer="raw",

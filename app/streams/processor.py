@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Sequence
@@ -80,6 +81,7 @@ class BatchProcessor:
         self.policy = policy_from(settings)
         self._known_topics: set[str] = set()
         self._partition_counts: dict[str, int] = {}
+        self._positions: dict[tuple[str, int], int] = {}
         self._cache: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
 
     def _load(self, key: bytes) -> CustomerState | None:
@@ -135,6 +137,7 @@ class BatchProcessor:
         max_bytes = self.settings.max_event_bytes
         for ev in events:
             msg = ev.message
+            self._positions[(msg.topic, msg.partition)] = msg.offset + 1
             try:
                 event = decode_event(msg.value, max_bytes)
             except InvalidEventError as exc:
@@ -261,22 +264,38 @@ class BatchProcessor:
                 self.metrics.pareto_cutoff.labels(tier).set(cut)
 
     def refresh_gauges(self) -> None:
-        """Table-wide gauges, sampled (not per event)."""
+        """Table-wide gauges and consumer lag, sampled (not per event).
+
+        Tier and risk are read from the stored JSON with a regex rather than
+        a full parse, so a large table costs microseconds per customer.
+        """
         tiers: Counter[str] = Counter()
         risks: Counter[str] = Counter()
         n = 0
         for raw in self.customers.values():
-            state = load_state(raw)
-            if state is None:
-                continue
             n += 1
-            tiers[state.value_tier] += 1
-            risks[risk_bucket(state.churn_risk)] += 1
+            tier = _TIER.search(raw)
+            risk = _RISK.search(raw)
+            tiers[tier.group(1).decode() if tier else "C"] += 1
+            risks[risk_bucket(float(risk.group(1)) if risk else 0.0)] += 1
         self.metrics.customers.set(n)
-        for tier in ("A", "B", "C"):
-            self.metrics.customers_by_tier.labels(tier).set(tiers[tier])
+        self.metrics.table_keys.labels("customer_state_by_customer").set(n)
+        self.metrics.table_keys.labels("revenue_by_customer").set(len(self.revenue))
+        self.metrics.table_keys.labels("nps_tally_by_segment_day").set(len(self.nps_tallies))
+        for t in ("A", "B", "C"):
+            self.metrics.customers_by_tier.labels(t).set(tiers[t])
         for bucket in RISK_BUCKETS:
             self.metrics.customers_by_risk.labels(bucket).set(risks[bucket])
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic not in self.settings.input_topics:
+                continue
+            end = self.app.consumer.highwater(tp)
+            done = self._positions.get((tp.topic, tp.partition))
+            # Until this worker processes a record of a partition its position is
+            # unknown here; the partition is then not reported rather than guessed.
+            if end is not None and end >= 0 and done is not None:
+                lag = max(0, end - done)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     def segment_nps(self, window: str | None = None, segment: str | None = None) -> dict[str, Any]:
         """NPS per segment from the tallies of all workers (a global table)."""
@@ -335,6 +354,8 @@ def _text(key: bytes | str) -> str:
 
 
 RISK_BUCKETS = ("low", "medium", "high")
+_TIER = re.compile(rb'"value_tier":"([ABC])"')
+_RISK = re.compile(rb'"churn_risk":([0-9.eE+-]+)')
 
 
 def risk_bucket(risk: float) -> str:

@@ -50,3 +50,15 @@ def test_cluster_ids_never_look_like_options() -> None:
 
     ids = [base64_uuid() for _ in range(2000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_sasl_needs_credentials_and_keeps_password_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEEDBACK_SASL_MECHANISM", "SCRAM-SHA-512")
+    with pytest.raises(ConfigError, match="FEEDBACK_SASL_USERNAME"):
+        load_settings()
+    monkeypatch.setenv("FEEDBACK_SASL_USERNAME", "svc")
+    monkeypatch.setenv("FEEDBACK_SASL_PASSWORD", "hunter2")
+    s = load_settings()
+    assert "hunter2" not in repr(s)
+    kw = s.client_kwargs()
+    assert kw["security_protocol"] == "SASL_PLAINTEXT" and kw["sasl_plain_password"] == "hunter2"
