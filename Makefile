@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint unit integration bench kafka-up kafka-down schemas clean
+.PHONY: setup tools demo test lint unit integration bench kafka-up kafka-down schemas clean
 
 setup: $(VENV)/.installed
 
@@ -21,7 +21,15 @@ lint: setup
 	$(BIN)/mypy app
 	$(BIN)/feedback schemas check
 
-test: lint
+# The metrics tests run a real Prometheus server and promtool (Debian's package).
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus package (for the metrics and deploy tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends prometheus >/dev/null; }
+
+test: lint tools
 	$(BIN)/pytest -q tests
 
 unit: setup
