@@ -114,6 +114,7 @@ class Simulation:
             },  # fmt: skip
             currency=currency,
             churn_at=joined + timedelta(days=churn_days),
+            churn_cause=self._cause(),
             joined_at=joined,
         )
 
@@ -136,8 +137,6 @@ class Simulation:
     def _act(self, c: SimCustomer, idx: int, at: datetime, action: str) -> list[SimEvent]:
         rnd = self.rnd
         churned = c.churn_at is not None and at >= c.churn_at
-        if churned and c.churn_cause is None:
-            c.churn_cause = self._cause(c)
         if churned and not c.replaced:
             # Acquisition keeps the base steady: a new customer for each one lost.
             c.replaced = True
@@ -194,7 +193,7 @@ class Simulation:
             self._push(at + timedelta(days=rnd.uniform(2, 10)), idx, "survey")
         return sorted(out, key=lambda e: e.occurred_at)
 
-    def _cause(self, c: SimCustomer) -> str:
+    def _cause(self) -> str:
         return self.rnd.choices([k for k, _ in CHURN_CAUSES], [w for _, w in CHURN_CAUSES])[0]
 
     def _survey(self, c: SimCustomer, at: datetime, satisfaction: float) -> SimEvent:
@@ -241,7 +240,7 @@ class Simulation:
             rows.append({
                 "customer_id": c.customer_id, "churned": churned,
                 "churn_at": c.churn_at.isoformat() if churned and c.churn_at else None,
-                "cause": (c.churn_cause or "unknown") if churned else None,
+                "cause": c.churn_cause if churned else None,
                 "weight": round(c.weight, 4), "tier": c.segment["tier"],
                 "complaints": c.complaints,
                 "joined_at": c.joined_at.isoformat() if c.joined_at else None,
