@@ -21,6 +21,7 @@ class ServiceMetrics:
     batch_seconds: Histogram
     batch_size: Histogram
     event_latency: Histogram
+    event_time_lag: Histogram
     alert_latency: Histogram
     customers: Gauge
     customers_by_tier: Gauge
@@ -122,6 +123,12 @@ class ServiceMetrics:
                 "feedback_table_keys",
                 "Keys in this worker's copy of a table",
                 ["table"],
+                registry=reg,
+            ),  # fmt: skip
+            event_time_lag=Histogram(
+                "feedback_event_time_lag_seconds",
+                "From the event's occurred_at (event time) to its processing",
+                buckets=(1, 10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400),
                 registry=reg,
             ),  # fmt: skip
         )

@@ -176,7 +176,9 @@ class BatchProcessor:
                         stored = self.nps_tallies.get(tkey)
                         tally = tallies[tkey] = json.loads(stored) if stored else [0, 0, 0]
                     segments.add(tally, event.score)
-            self.metrics.event_latency.observe(max(0.0, time.time() - msg.timestamp))
+            wall = time.time()
+            self.metrics.event_latency.observe(max(0.0, wall - msg.timestamp))
+            self.metrics.event_time_lag.observe(max(0.0, wall - event.occurred_at.timestamp()))
             for alert in evaluate(before, state, event, policy, now):
                 alerts.append((alert, msg.timestamp))
         # Alerts first and confirmed: the table write then records them as sent.
