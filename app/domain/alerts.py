@@ -12,9 +12,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from app.domain import value
-from app.domain.customer import CustomerState, Policy, refresh
+from app.domain.customer import CustomerState, Episode, Policy, refresh
 from app.domain.events import Alert, AnyEvent, Band, SurveyResponse
 
 DETRACTOR_RULE_VERSION = 1
@@ -45,53 +46,91 @@ def alert_id(rule: str, customer_id: str, trigger_event_id: str) -> str:
 def evaluate(
     before: Snapshot, after: CustomerState, event: AnyEvent, policy: Policy, now: datetime
 ) -> list[Alert]:
-    """Alerts that ``event`` (already folded into ``after``) raises; marks ``after`` as alerted.
+    """Alerts that ``event`` (already folded into ``after``) raises; records them in ``after``.
 
-    High-value is judged on trailing revenue up to the survey's own event time.
+    A survey that moves the band into detractor opens an episode. The episode
+    alerts once, as soon as the customer is known to have been high-value at
+    the survey's own event time: usually at once, or when a late purchase (or
+    segment, or a new Pareto boundary) shows it. The alert always names the
+    survey that caused the transition, so its ``alert_id`` does not depend on
+    arrival order. Leaving the detractor band closes the episode (re-arms).
     """
-    if not isinstance(event, SurveyResponse) or after.band != "detractor":
+    if after.band != "detractor":
+        after.detractor_episode = None
         return []
-    if after.score_at != event.occurred_at or after.score != event.score:
-        return []  # a late response never changes the band
-    if before.band != "detractor":
-        after.detractor_alerted_at = None  # the band left detractor since: re-armed
-        transition = True
-    else:
-        transition = False
-    if not transition:
-        last = after.detractor_alerted_at
-        cooldown = policy.realert_after
-        if cooldown is None or last is None or event.occurred_at - last < cooldown:
+    newest = (
+        isinstance(event, SurveyResponse)
+        and after.score_at == event.occurred_at
+        and after.score == event.score
+        and after.score_history[-1].seq == after.seq
+    )
+    episode = after.detractor_episode
+    if newest and (before.band != "detractor" or episode is None):
+        episode = after.detractor_episode = Episode(
+            trigger_event_id=event.event_id, at=event.occurred_at, score=after.score or 0,
+            previous_band=before.band if before.band != "detractor" else None,
+            previous_score=before.score,
+        )  # fmt: skip
+    if episode is None:
+        return []
+    if not episode.alerted:
+        high, tier, revenue = _high_value(after, episode.at, policy)
+        if not high:
             return []
-    revenue = after.revenue_at(event.occurred_at)
-    tier = after.segment.tier if after.segment else None
-    high, value_tier = value.classify(revenue, tier, policy.value_policy, policy.cutoffs)
+        episode.alerted, episode.alerted_at = True, episode.at
+        return [
+            _alert(after, episode.trigger_event_id, episode.score, episode.at,
+                   episode.previous_band, episode.previous_score, revenue, tier, policy, now)
+        ]  # fmt: skip
+    cooldown = policy.realert_after
+    if not newest or cooldown is None or episode.alerted_at is None:
+        return []
+    assert isinstance(event, SurveyResponse)
+    if event.occurred_at - episode.alerted_at < cooldown:
+        return []
+    high, tier, revenue = _high_value(after, event.occurred_at, policy)
     if not high:
         return []
-    refresh(after, policy)  # the alert carries figures as of this event
-    after.detractor_alerted_at = event.occurred_at
-    after.alerts_sent += 1
-    previous_band = before.band if transition else "detractor"
-    return [
-        Alert(
-            alert_id=alert_id("detractor", after.customer_id, event.event_id),
-            rule="detractor",
-            rule_version=DETRACTOR_RULE_VERSION,
-            customer_id=after.customer_id,
-            trigger_event_id=event.event_id,
-            score=event.score,
-            previous_band=previous_band if previous_band != "detractor" else None,
-            previous_score=before.score,
-            rolling_nps=after.rolling_nps,
-            trailing_revenue=revenue,
-            currency=after.currency,
-            value_tier=value_tier,
-            churn_risk=after.churn_risk,
-            churn_reasons=list(after.churn_reasons),
-            open_complaints=after.open_complaints,
-            segment=after.segment,
-            occurred_at=event.occurred_at.astimezone(UTC),
-            emitted_at=now.astimezone(UTC),
-            sla_due_at=(event.occurred_at + SLA).astimezone(UTC),
-        )
-    ]
+    episode.alerted_at = event.occurred_at
+    return [_alert(after, event.event_id, event.score, event.occurred_at, None,
+                   before.score, revenue, tier, policy, now)]  # fmt: skip
+
+
+def _high_value(
+    state: CustomerState, at: datetime, policy: Policy
+) -> tuple[bool, value.Tier, Decimal]:
+    revenue = state.revenue_at(at)
+    member = state.segment.tier if state.segment else None
+    high, tier = value.classify(revenue, member, policy.value_policy, policy.cutoffs)
+    return high, tier, revenue
+
+
+def _alert(
+    state: CustomerState, trigger: str, score: int, at: datetime,
+    previous_band: Band | None, previous_score: int | None, revenue: Decimal,
+    tier: value.Tier, policy: Policy, now: datetime,
+) -> Alert:  # fmt: skip
+    refresh(state, policy)  # the alert carries figures as of what is known now
+    state.detractor_alerted_at = at
+    state.alerts_sent += 1
+    return Alert(
+        alert_id=alert_id("detractor", state.customer_id, trigger),
+        rule="detractor",
+        rule_version=DETRACTOR_RULE_VERSION,
+        customer_id=state.customer_id,
+        trigger_event_id=trigger,
+        score=score,
+        previous_band=previous_band if previous_band != "detractor" else None,
+        previous_score=previous_score,
+        rolling_nps=state.rolling_nps,
+        trailing_revenue=revenue,
+        currency=state.currency,
+        value_tier=tier,
+        churn_risk=state.churn_risk,
+        churn_reasons=list(state.churn_reasons),
+        open_complaints=state.open_complaints,
+        segment=state.segment,
+        occurred_at=at.astimezone(UTC),
+        emitted_at=now.astimezone(UTC),
+        sla_due_at=(at + SLA).astimezone(UTC),
+    )

@@ -64,6 +64,19 @@ class PurchaseRecord(BaseModel):
     order_id: str
 
 
+class Episode(BaseModel):
+    """A stay in the detractor band, opened by the survey that moved the customer there."""
+
+    model_config = ConfigDict(extra="forbid")
+    trigger_event_id: str
+    at: datetime
+    score: int
+    previous_band: Band | None = None
+    previous_score: int | None = None
+    alerted: bool = False
+    alerted_at: datetime | None = None
+
+
 class CustomerState(BaseModel):
     """Everything known about one customer; the value of the customers table."""
 
@@ -102,6 +115,7 @@ class CustomerState(BaseModel):
     churn_risk: float = 0.0
     churn_reasons: list[str] = Field(default_factory=list)
 
+    detractor_episode: Episode | None = None
     detractor_alerted_at: datetime | None = None
     alerts_sent: int = 0
 

@@ -22,7 +22,7 @@ import faust
 from app.domain import segments, value
 from app.domain.alerts import Snapshot, evaluate
 from app.domain.customer import CustomerState, Outcome, Policy, fold, refresh
-from app.domain.events import Alert, SurveyResponse, decode_event, encode
+from app.domain.events import Alert, Purchase, SurveyResponse, decode_event, encode
 from app.errors import InvalidEventError
 from app.metrics import ServiceMetrics
 from app.settings import Settings
@@ -82,6 +82,11 @@ class BatchProcessor:
         self._known_topics: set[str] = set()
         self._partition_counts: dict[str, int] = {}
         self._positions: dict[tuple[str, int], int] = {}
+        # Mirror of every customer's revenue (the global table plus this worker's
+        # newest figures) for the Pareto boundary; derived, rebuilt by the timer.
+        self._revenues: dict[bytes, float] = {}
+        self._revenues_dirty = False
+        self._cutoffs_at = 0.0
         self._cache: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
 
     def _load(self, key: bytes) -> CustomerState | None:
@@ -121,6 +126,7 @@ class BatchProcessor:
         now = datetime.now(UTC)
         work: dict[bytes, CustomerState] = {}
         carrier: dict[bytes, Any] = {}
+        last_event: dict[bytes, Any] = {}
         revenue_before: dict[bytes, Any] = {}
         alerts: list[tuple[Alert, float]] = []
         sends: list[Awaitable[Any]] = []
@@ -166,6 +172,12 @@ class BatchProcessor:
             except InvalidEventError as exc:
                 sends.append(await self._dead_letter(msg, exc))
                 continue
+            if self.settings.high_value_top_share > 0 and (
+                isinstance(event, Purchase) or key not in self._revenues
+            ):
+                self._revenues[key] = float(state.revenue_at(state.last_event_at or now))
+                self._revenues_dirty = True
+            last_event[key] = event
             outcomes[(event.event_type, outcome.value)] += 1
             if isinstance(event, SurveyResponse) and outcome is not Outcome.DUPLICATE:
                 day = event.occurred_at.astimezone(UTC).date()
@@ -181,6 +193,14 @@ class BatchProcessor:
             self.metrics.event_time_lag.observe(max(0.0, wall - event.occurred_at.timestamp()))
             for alert in evaluate(before, state, event, policy, now):
                 alerts.append((alert, msg.timestamp))
+        pending = [k for k, st in work.items() if _alert_pending(st)]
+        if pending and self._revenues_dirty:
+            # Those alerts may hinge on the Pareto boundary: include this batch's revenue.
+            policy = self._recompute_cutoffs()
+            for key in pending:
+                state = work[key]
+                for alert in evaluate(Snapshot.of(state), state, last_event[key], policy, now):
+                    alerts.append((alert, carrier[key].message.timestamp))
         # Alerts first and confirmed: the table write then records them as sent.
         if alerts:
             delivered = [
@@ -255,15 +275,25 @@ class BatchProcessor:
 
     def refresh_cutoffs(self) -> None:
         """Recompute the Pareto boundaries from every customer's revenue (all workers)."""
-        share = self.settings.high_value_top_share
-        if share <= 0:
+        if self.settings.high_value_top_share <= 0:
             return
-        revenues = [float(v) for v in self.revenue.values()]
-        cutoffs = value.cutoffs_from(revenues, share)
+        for key, raw in self.revenue.items():
+            self._revenues[key if isinstance(key, bytes) else str(key).encode()] = float(raw)
+        self._recompute_cutoffs(force=True)
+
+    def _recompute_cutoffs(self, force: bool = False) -> Policy:
+        """New boundaries from the mirror; at most once a second for very large bases."""
+        now = time.monotonic()
+        if not force and len(self._revenues) > 50_000 and now - self._cutoffs_at < 1.0:
+            return self.policy
+        cutoffs = value.cutoffs_from(self._revenues.values(), self.settings.high_value_top_share)
         self.policy = policy_from(self.settings, cutoffs)
+        self._revenues_dirty = False
+        self._cutoffs_at = now
         for tier, cut in (("A", cutoffs.a), ("B", cutoffs.b)):
             if cut is not None:
                 self.metrics.pareto_cutoff.labels(tier).set(cut)
+        return self.policy
 
     def refresh_gauges(self) -> None:
         """Table-wide gauges and consumer lag, sampled (not per event).
@@ -349,6 +379,11 @@ class BatchProcessor:
         keys = {_text(k): k for k in self.nps_tallies.keys()}
         for key in segments.expired(list(keys), as_of, owned):
             del self.nps_tallies[keys[key]]
+
+
+def _alert_pending(state: CustomerState) -> bool:
+    episode = state.detractor_episode
+    return state.band == "detractor" and (episode is None or not episode.alerted)
 
 
 def _text(key: bytes | str) -> str:

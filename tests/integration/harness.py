@@ -42,6 +42,16 @@ def worker_env(bootstrap: str, unique: str, data_dir: Path, **extra: str) -> dic
     return env
 
 
+def create_topics(env: dict[str, str]) -> None:
+    """Create the worker's topics as the worker would (before producing to them)."""
+    from app.settings import Settings
+    from app.topics import ensure_topics_sync
+
+    fields = {k.removeprefix("FEEDBACK_").lower(): v for k, v in env.items()
+              if k.startswith("FEEDBACK_")}  # fmt: skip
+    ensure_topics_sync(Settings(**fields))
+
+
 class Worker:
     """``python -m app worker`` as a child process with a log file."""
 

@@ -108,3 +108,27 @@ def test_alert_serialises_to_the_schema() -> None:
     raw = alerts[0].model_dump_json()
     assert Alert.model_validate_json(raw) == alerts[0]
     assert isinstance(survey(1), SurveyResponse)
+
+
+def test_late_purchase_before_the_survey_fires_the_pending_alert_once() -> None:
+    trigger = survey(2, day=10, event_id="s-late")
+    _, alerts = run([survey(9, day=5), trigger, purchase(5000, day=3), purchase(10, day=4)])
+    assert [(a.trigger_event_id, a.previous_band) for a in alerts] == [("s-late", "promoter")]
+    assert alerts[0].occurred_at == trigger.occurred_at
+    assert alerts[0].alert_id == alert_id("detractor", "c1", "s-late")
+
+
+def test_purchase_after_the_survey_does_not_make_it_high_value_then() -> None:
+    _, alerts = run([survey(9, day=5), survey(2, day=10), purchase(5000, day=11)])
+    assert alerts == []
+
+
+@pytest.mark.parametrize("purchase_at", [0, 1, 2])
+def test_same_alert_wherever_the_purchase_arrives_between_the_surveys(purchase_at: int) -> None:
+    # Surveys share a topic partition, so they keep their order; the purchase comes
+    # from another topic and may arrive before, between or after them.
+    events: list[AnyEvent] = [survey(9, day=2, event_id="a"), survey(1, day=3, event_id="b")]
+    events.insert(purchase_at, purchase(5000, day=1, event_id="p"))
+    _, alerts = run(events)
+    assert [a.alert_id for a in alerts] == [alert_id("detractor", "c1", "b")]
+    assert alerts[0].previous_band == "promoter" and alerts[0].trailing_revenue == 5000
