@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from app.errors import ConfigError
 from app.settings import Settings
+from app.streams.summaries import summary_topic
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -39,6 +40,15 @@ async def ensure_topics(settings: Settings) -> None:
             for n in [*names, *compacted]
             if n not in existing
         ]
+        if summary_topic(settings) not in existing:
+            missing.append(
+                NewTopic(
+                    summary_topic(settings),
+                    1,
+                    settings.replication_factor,
+                    topic_configs={"cleanup.policy": "compact"},
+                )  # fmt: skip
+            )
         if missing:
             try:
                 await admin.create_topics(missing)
@@ -63,8 +73,7 @@ def changelog_topics(settings: Settings) -> list[str]:
     """
     return [
         f"{settings.app_id}-customer_state_by_customer-changelog",
-        f"{settings.app_id}-revenue_by_customer-changelog",
-        f"{settings.app_id}-nps_tally_by_segment_day-changelog",
+        f"{settings.app_id}-nps_tally_by_partition-changelog",
     ]
 
 

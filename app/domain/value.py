@@ -80,6 +80,29 @@ def cutoffs_from(revenues: Iterable[float], top_share: float) -> RevenueCutoffs:
     return RevenueCutoffs(a, b)
 
 
+def cutoffs_from_weighted(
+    points: Iterable[tuple[float, float]], top_share: float
+) -> RevenueCutoffs:
+    """Like cutoffs_from, over (revenue, weight) points where a point may stand for many."""
+    ordered = sorted(points, key=lambda p: -p[0])
+    total = sum(w for _, w in ordered)
+    if total <= 0 or top_share <= 0:
+        return RevenueCutoffs()
+    k_a = max(1.0, math.ceil(top_share * total - 1e-9))
+    k_b = min(total, math.ceil((top_share + B_SHARE) * total - 1e-9))
+    a = b = None
+    seen = 0.0
+    for revenue, weight in ordered:
+        seen += weight
+        if a is None and seen >= k_a - 1e-9:
+            a = revenue
+        if b is None and seen >= k_b - 1e-9:
+            b = revenue
+            break
+    return RevenueCutoffs(a if a is not None and a > 0 else None,
+                          b if b is not None and b > 0 else None)  # fmt: skip
+
+
 def classify(
     revenue: Decimal, member_tier: str | None, policy: ValuePolicy, cutoffs: RevenueCutoffs
 ) -> tuple[bool, Tier]:

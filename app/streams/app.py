@@ -10,7 +10,12 @@ from prometheus_client import CollectorRegistry
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from app.streams.processor import BatchProcessor
-from app.streams.tables import KeyPartitionedGlobalTable, KeyPartitionedTable, QuietWorker
+from app.streams.summaries import PartitionSummaries
+from app.streams.tables import (
+    KeyPartitionedTable,
+    PartitionPrefixedTable,
+    QuietWorker,
+)
 
 _ATTR = "feedback_processor"
 
@@ -62,7 +67,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         web_in_thread=False,
         autodiscover=False,
         Table=KeyPartitionedTable,
-        GlobalTable=KeyPartitionedGlobalTable,
         Worker=QuietWorker,
     )
     from faust.sensors.prometheus import setup_prometheus_sensors
@@ -88,17 +92,17 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         "customer_state_by_customer", partitions=settings.partitions,
         key_type=bytes, value_type=bytes,
     )  # fmt: skip
-    revenue = app.GlobalTable(
-        "revenue_by_customer", partitions=settings.partitions,
-        key_type=bytes, value_type=bytes,
+    # Segment tallies per input partition (small: segments x days x partitions).
+    nps_tallies = app.tables.add(
+        PartitionPrefixedTable(
+            app, name="nps_tally_by_partition", beacon=app.tables.beacon,
+            partitions=settings.partitions, key_type=bytes, value_type=bytes,
+            store="memory://",
+        )
     )  # fmt: skip
-    # Small (segments x days x partitions); every worker reads all of it for /nps.
-    nps_tallies = app.GlobalTable(
-        "nps_tally_by_segment_day", partitions=settings.partitions,
-        key_type=bytes, value_type=bytes, store="memory://",
-    )  # fmt: skip
+    summaries = PartitionSummaries(settings)
     processor = BatchProcessor(
-        app, settings, metrics, customers, revenue, nps_tallies, alerts, deadletter
+        app, settings, metrics, customers, nps_tallies, summaries, alerts, deadletter
     )
     setattr(app, _ATTR, processor)
 
@@ -117,9 +121,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             [customers.changelog_topic.get_topic_name(), settings.topic_alerts]
         )
 
+    @app.task  # type: ignore[untyped-decorator]
+    async def follow_summaries() -> None:
+        await summaries.follow()
+
     @app.timer(interval=2.0, on_leader=False)  # type: ignore[untyped-decorator]
-    async def refresh_cutoffs() -> None:
-        processor.refresh_cutoffs()
+    async def share_summaries() -> None:
+        await processor.share_summaries()
 
     @app.timer(interval=10.0, on_leader=False)  # type: ignore[untyped-decorator]
     async def refresh_segments() -> None:

@@ -26,6 +26,7 @@ from app.domain.events import Alert, Purchase, SurveyResponse, decode_event, enc
 from app.errors import InvalidEventError
 from app.metrics import ServiceMetrics
 from app.settings import Settings
+from app.streams.summaries import PartitionSummaries, weighted
 from app.streams.tables import bind_event, key_partition
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ class BatchProcessor:
         settings: Settings,
         metrics: ServiceMetrics,
         customers: Any,
-        revenue: Any,
         nps_tallies: Any,
+        summaries: PartitionSummaries,
         alerts: Any,
         deadletter: Any,
     ) -> None:
@@ -73,18 +74,20 @@ class BatchProcessor:
         self.settings = settings
         self.metrics = metrics
         self.customers = customers
-        self.revenue = revenue
         self.nps_tallies = nps_tallies
+        self.summaries = summaries
         self.alerts_topic = alerts
         self.deadletter_topic = deadletter
-        # Derived from the revenue GlobalTable by a timer; a cache, not state.
+        # Derived from the revenue figures of all partitions; a cache, not state.
         self.policy = policy_from(settings)
         self._known_topics: set[str] = set()
         self._partition_counts: dict[str, int] = {}
         self._positions: dict[tuple[str, int], int] = {}
-        # Mirror of every customer's revenue (the global table plus this worker's
-        # newest figures) for the Pareto boundary; derived, rebuilt by the timer.
-        self._revenues: dict[bytes, float] = {}
+        # Trailing revenue of the customers of each partition this worker owns
+        # (derived from the customers table, seeded on assignment, kept current
+        # by the agent); other partitions' figures come from the summaries.
+        self._revenues: dict[int, dict[bytes, float]] = {}
+        self._owned: set[int] = set()
         self._revenues_dirty = False
         self._cutoffs_at = 0.0
         self._cache: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
@@ -127,7 +130,6 @@ class BatchProcessor:
         work: dict[bytes, CustomerState] = {}
         carrier: dict[bytes, Any] = {}
         last_event: dict[bytes, Any] = {}
-        revenue_before: dict[bytes, Any] = {}
         alerts: list[tuple[Alert, float]] = []
         sends: list[Awaitable[Any]] = []
         outcomes: Counter[tuple[str, str]] = Counter()
@@ -136,7 +138,8 @@ class BatchProcessor:
             [
                 *self.settings.input_topics,
                 self.customers.changelog_topic.get_topic_name(),
-                self.revenue.changelog_topic.get_topic_name(),
+                self.nps_tallies.changelog_topic.get_topic_name(),
+                self.summaries.topic,
             ]
         )
         policy = self.policy
@@ -162,9 +165,6 @@ class BatchProcessor:
                     state = CustomerState(
                         customer_id=event.customer_id, currency=policy.base_currency
                     )
-                    revenue_before[key] = None
-                else:
-                    revenue_before[key] = state.trailing_revenue
                 work[key] = state
             before = Snapshot.of(state)
             try:
@@ -172,10 +172,9 @@ class BatchProcessor:
             except InvalidEventError as exc:
                 sends.append(await self._dead_letter(msg, exc))
                 continue
-            if self.settings.high_value_top_share > 0 and (
-                isinstance(event, Purchase) or key not in self._revenues
-            ):
-                self._revenues[key] = float(state.revenue_at(state.last_event_at or now))
+            mirror = self._revenues.setdefault(msg.partition, {})
+            if isinstance(event, Purchase) or key not in mirror:
+                mirror[key] = float(state.revenue_at(state.last_event_at or now))
                 self._revenues_dirty = True
             last_event[key] = event
             outcomes[(event.event_type, outcome.value)] += 1
@@ -218,9 +217,9 @@ class BatchProcessor:
             raw = dump_state(state)
             self.customers[key] = raw
             self._remember(key, raw, state)
-            old = revenue_before[key]
-            if old is None or old != state.trailing_revenue:
-                self.revenue[key] = str(state.trailing_revenue).encode()
+            self._revenues.setdefault(carrier[key].message.partition, {})[key] = float(
+                state.trailing_revenue
+            )
         for tkey, tally in tallies.items():
             self.nps_tallies[tkey] = json.dumps(tally).encode()
         for (event_type, result), n in outcomes.items():
@@ -273,20 +272,64 @@ class BatchProcessor:
         )
         return fut
 
-    def refresh_cutoffs(self) -> None:
-        """Recompute the Pareto boundaries from every customer's revenue (all workers)."""
-        if self.settings.high_value_top_share <= 0:
+    async def share_summaries(self) -> None:
+        """Publish a summary of each owned partition; recompute the Pareto boundary."""
+        owned = {tp.partition for tp in self.app.assignor.assigned_actives()
+                 if tp.topic in self.settings.input_topics}  # fmt: skip
+        recovered = self.app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        if owned != self._owned or not recovered:
+            for p in set(self._revenues) - owned:
+                del self._revenues[p]
+            self.summaries.forget(self._owned - owned)
+            if recovered:
+                self._seed_revenues(owned - self._owned)
+                self._owned = owned
+            else:
+                return
+        await self._ensure_metadata([self.summaries.topic])
+        producer = self.app.producer
+        tallies = self._local_tallies()
+        for p in sorted(owned):
+            summary = {
+                "nps": {k.split("|", 1)[1]: v for k, v in tallies.items()
+                        if k.startswith(f"{p}|")},
+                "revenues": weighted(list(self._revenues.get(p, {}).values())),
+                "customers": len(self._revenues.get(p, {})),
+            }  # fmt: skip
+            await self.summaries.publish(producer, p, summary)
+        if self.settings.high_value_top_share > 0:
+            self._recompute_cutoffs(force=True)
+
+    def _seed_revenues(self, partitions: set[int]) -> None:
+        """Read the trailing revenue of newly owned partitions' customers from the table."""
+        if not partitions:
             return
-        for key, raw in self.revenue.items():
-            self._revenues[key if isinstance(key, bytes) else str(key).encode()] = float(raw)
-        self._recompute_cutoffs(force=True)
+        n = self.settings.partitions
+        for key, raw in self.customers.items():
+            k = key if isinstance(key, bytes) else str(key).encode()
+            p = key_partition(k, n)
+            if p in partitions:
+                found = _REVENUE.search(raw)
+                self._revenues.setdefault(p, {})[k] = float(found.group(1)) if found else 0.0
+        self._revenues_dirty = True
+
+    def _all_revenues(self) -> list[tuple[float, float]]:
+        points: list[tuple[float, float]] = []
+        for p, mirror in self._revenues.items():
+            if p in self._owned or not self._owned:
+                points += [(v, 1.0) for v in mirror.values()]
+        for p, summary in self.summaries.remote.items():
+            if p not in self._owned:
+                points += [(float(v), float(w)) for v, w in summary.get("revenues", [])]
+        return points
 
     def _recompute_cutoffs(self, force: bool = False) -> Policy:
         """New boundaries from the mirror; at most once a second for very large bases."""
         now = time.monotonic()
-        if not force and len(self._revenues) > 50_000 and now - self._cutoffs_at < 1.0:
+        points = self._all_revenues()
+        if not force and len(points) > 50_000 and now - self._cutoffs_at < 1.0:
             return self.policy
-        cutoffs = value.cutoffs_from(self._revenues.values(), self.settings.high_value_top_share)
+        cutoffs = value.cutoffs_from_weighted(points, self.settings.high_value_top_share)
         self.policy = policy_from(self.settings, cutoffs)
         self._revenues_dirty = False
         self._cutoffs_at = now
@@ -312,8 +355,7 @@ class BatchProcessor:
             risks[risk_bucket(float(risk.group(1)) if risk else 0.0)] += 1
         self.metrics.customers.set(n)
         self.metrics.table_keys.labels("customer_state_by_customer").set(n)
-        self.metrics.table_keys.labels("revenue_by_customer").set(len(self.revenue))
-        self.metrics.table_keys.labels("nps_tally_by_segment_day").set(len(self.nps_tallies))
+        self.metrics.table_keys.labels("nps_tally_by_partition").set(len(self.nps_tallies))
         for t in ("A", "B", "C"):
             self.metrics.customers_by_tier.labels(t).set(tiers[t])
         for bucket in RISK_BUCKETS:
@@ -330,8 +372,11 @@ class BatchProcessor:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
     def segment_nps(self, window: str | None = None, segment: str | None = None) -> dict[str, Any]:
-        """NPS per segment from the tallies of all workers (a global table)."""
-        items = [(_text(k), json.loads(v)) for k, v in self.nps_tallies.items()]
+        """NPS per segment: owned partitions from the table, the others from their summaries."""
+        items = list(self._local_tallies().items())
+        for p, summary in self.summaries.remote.items():
+            if p not in self._owned:
+                items += [(f"{p}|{k}", v) for k, v in summary.get("nps", {}).items()]
         as_of = segments.latest_day(k for k, _ in items)
         windows = [window] if window else list(segments.WINDOWS)
         rows = []
@@ -339,6 +384,15 @@ class BatchProcessor:
             for w in windows:
                 rows += [r.as_dict() for r in segments.summarize(items, w, as_of, segment)]
         return {"as_of": as_of.isoformat() if as_of else None, "segments": rows}
+
+    def _local_tallies(self) -> dict[str, list[int]]:
+        """Tallies of the partitions this worker owns (all it holds, before the first check)."""
+        out = {}
+        for k, v in self.nps_tallies.items():
+            key = _text(k)
+            if not self._owned or int(key.split("|", 1)[0]) in self._owned:
+                out[key] = json.loads(v)
+        return out
 
     def at_risk(self, limit: int) -> list[dict[str, Any]]:
         """This worker's high-value customers by churn risk, highest first."""
@@ -393,6 +447,7 @@ def _text(key: bytes | str) -> str:
 RISK_BUCKETS = ("low", "medium", "high")
 _TIER = re.compile(rb'"value_tier":"([ABC])"')
 _RISK = re.compile(rb'"churn_risk":([0-9.eE+-]+)')
+_REVENUE = re.compile(rb'"trailing_revenue":"(-?[0-9.]+)"')
 
 
 def risk_bucket(risk: float) -> str:

@@ -29,13 +29,6 @@ class KeyPartitionedTable(faust.Table[Any, Any]):
         return key_partition(_as_bytes(key), self.partitions or 1)
 
 
-class KeyPartitionedGlobalTable(faust.GlobalTable):
-    """A GlobalTable whose writes need no current event."""
-
-    def partition_for_key(self, key: Any) -> int | None:
-        return key_partition(_as_bytes(key), self.partitions or 1)
-
-
 def _as_bytes(key: Any) -> bytes:
     return key if isinstance(key, bytes) else str(key).encode()
 
@@ -60,3 +53,15 @@ class QuietWorker(faust.Worker):
 
     def _setup_spinner_handler(self, logger: Any, level: int) -> None:
         self.spinner = None
+
+
+class PartitionPrefixedTable(faust.Table):  # type: ignore[type-arg]
+    """A Table whose keys start with ``b"<partition>|"``: the key names its own partition.
+
+    Used for per-partition aggregates (segment tallies): they live in the
+    changelog partition of the input partition they summarise, so they move
+    with it on rebalance and are restored with it after a crash.
+    """
+
+    def partition_for_key(self, key: Any) -> int | None:
+        return int(_as_bytes(key).split(b"|", 1)[0])
