@@ -58,7 +58,11 @@ def generate(seed: int, customers: int, per_customer: int) -> list[tuple[str, st
     return out
 
 
-def test_sigkill_mid_stream_then_restore_from_changelog(kafka_broker: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("state_dir", ["fresh", "same"])
+def test_sigkill_mid_stream_then_restore_from_changelog(
+    kafka_broker: str, tmp_path: Path, state_dir: str
+) -> None:
+    """fresh: everything from the changelogs; same: RocksDB's persisted offsets plus the tail."""
     unique = uuid.uuid4().hex[:10]
     env = worker_env(
         kafka_broker, unique, tmp_path / "data-1",
@@ -78,8 +82,10 @@ def test_sigkill_mid_stream_then_restore_from_changelog(kafka_broker: str, tmp_p
     worker.kill()
     asyncio.run(produce(kafka_broker, rest))
 
-    # A fresh state directory: everything must come back from the changelog topics.
-    env2 = {**env, "FEEDBACK_DATA_DIR": str(tmp_path / "data-2")}
+    # fresh: a new state directory, everything must come back from the changelog topics;
+    # same: the killed worker's RocksDB files, possibly ahead of or behind the changelog.
+    data2 = tmp_path / ("data-2" if state_dir == "fresh" else "data-1")
+    env2 = {**env, "FEEDBACK_DATA_DIR": str(data2)}
     restarted = Worker(env2, tmp_path / "worker-2.log")
     restarted.start(timeout=180)
     try:
