@@ -42,12 +42,31 @@ def parse_key(key: str) -> tuple[int, str, date]:
     return int(partition), segment, date.fromisoformat(day)
 
 
-def add(tally: list[int], score: int) -> list[int]:
-    """[promoters, passives, detractors] plus one response."""
+def new_tally() -> list[int]:
+    """``[promoters, passives, detractors, last_offset]``; -1: no input offset counted yet."""
+    return [0, 0, 0, -1]
+
+
+def add(tally: list[int], score: int, offset: int | None = None) -> bool:
+    """Count one response into ``[promoters, passives, detractors, last_offset]``.
+
+    ``offset`` is the response's position in its (survey topic) input partition,
+    the one the tally key names. Partitions are consumed in order, so a response
+    at or below the tally's last counted offset is a replay after a crash (its
+    count already reached the changelog) and is skipped: this makes the tally
+    idempotent even when the customer's own state did not survive the crash.
+    Returns whether it counted.
+    """
+    if len(tally) < 4:
+        tally.append(-1)
+    if offset is not None:
+        if offset <= tally[3]:
+            return False
+        tally[3] = offset
     b = band(score)
     i = 0 if b == "promoter" else 1 if b == "passive" else 2
     tally[i] += 1
-    return tally
+    return True
 
 
 @dataclass(frozen=True)
@@ -78,7 +97,8 @@ def summarize(
     days = WINDOWS[window]
     first = as_of - timedelta(days=days - 1)
     sums: dict[str, NpsCounts] = {}
-    for key, (p, pa, d) in tallies:
+    for key, counts in tallies:
+        p, pa, d = counts[:3]
         _, seg, day = parse_key(key)
         if segment is not None and seg != segment:
             continue

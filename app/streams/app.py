@@ -92,12 +92,12 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         "customer_state_by_customer", partitions=settings.partitions,
         key_type=bytes, value_type=bytes,
     )  # fmt: skip
-    # Segment tallies per input partition (small: segments x days x partitions).
+    # Segment tallies per input partition (small: segments x days x partitions), in the
+    # configured store. (Faust ignores a per-table "memory://": yarl's URL of it is falsy.)
     nps_tallies = app.tables.add(
         PartitionPrefixedTable(
             app, name="nps_tally_by_partition", beacon=app.tables.beacon,
             partitions=settings.partitions, key_type=bytes, value_type=bytes,
-            store="memory://",
         )
     )  # fmt: skip
     summaries = PartitionSummaries(settings)

@@ -1,8 +1,10 @@
 """Batch glue between Faust and the pure domain: decode, route, fold, alert, write once.
 
 Per batch each touched customer is read from the table once and written once;
-alerts are delivered before the table write, so a crash can repeat an alert
-(same alert_id) but never lose one.
+alerts are delivered before the segment tallies, the tallies before the
+customer states, and each changelog before its local store, so a crash can
+repeat an alert (same alert_id) but never lose one, and never count a survey
+response twice or not at all.
 """
 
 from __future__ import annotations
@@ -145,8 +147,12 @@ class BatchProcessor:
         )
         policy = self.policy
         max_bytes = self.settings.max_event_bytes
+        # One event per input partition: RocksDB stores pick the partition database
+        # from Faust's current event, and a changelog partition is its input partition.
+        by_partition: dict[int, Any] = {}
         for ev in events:
             msg = ev.message
+            by_partition[msg.partition] = ev
             self._positions[(msg.topic, msg.partition)] = msg.offset + 1
             try:
                 event = decode_event(msg.value, max_bytes)
@@ -185,9 +191,10 @@ class BatchProcessor:
                     tkey = segments.tally_key(msg.partition, seg, day).encode()
                     tally = tallies.get(tkey)
                     if tally is None:
-                        stored = self.nps_tallies.get(tkey)
-                        tally = tallies[tkey] = json.loads(stored) if stored else [0, 0, 0]
-                    segments.add(tally, event.score)
+                        stored = self.nps_tallies.data.get(tkey)
+                        tally = json.loads(stored) if stored else segments.new_tally()
+                        tallies[tkey] = tally
+                    segments.add(tally, event.score, msg.offset)
             wall = time.time()
             self.metrics.event_latency.observe(max(0.0, wall - msg.timestamp))
             self.metrics.event_time_lag.observe(max(0.0, wall - event.occurred_at.timestamp()))
@@ -212,36 +219,61 @@ class BatchProcessor:
             for alert, produced_at in alerts:
                 self.metrics.alerts.labels(alert.rule).inc()
                 self.metrics.alert_latency.observe(max(0.0, sent_at - produced_at))
-        # Each touched customer is written once: to the local store and, directly
-        # through the producer, to its changelog partition. (Faust's per-key
-        # table write path costs about 3x more per record; recovery is the same.)
-        store = self.customers.data
-        changelog = self.customers.changelog_topic.get_topic_name()
-        last_sent: dict[int, Any] = {}
+        # Then the segment tallies, delivered before any customer state: a replay after a
+        # crash finds either the customer's state (a duplicate, not tallied again) or the
+        # tally's offset watermark, never a tally short of a response its customer has.
+        tally_writes = [
+            (tkey, json.dumps(tally).encode(), int(tkey.split(b"|", 1)[0]))
+            for tkey, tally in tallies.items()
+        ]
+        await self._write(self.nps_tallies, tally_writes, by_partition)
+        # Each touched customer is written once, straight to its changelog partition and,
+        # once delivered, to the local store. (Faust's per-key table write path costs
+        # about 3x more per record; recovery reads the same changelog.)
+        writes = []
         for key, state in work.items():
             refresh(state, policy)
-            partition = carrier[key].message.partition
-            bind_event(carrier[key])
             raw = dump_state(state)
-            store[key] = raw
-            fut = await self.app.producer.send(changelog, key, raw, partition, None, None)
-            sends.append(fut)
-            last_sent[partition] = fut
+            writes.append((key, raw, carrier[key].message.partition))
             self._remember(key, raw, state)
-            self._revenues.setdefault(partition, {})[key] = float(state.trailing_revenue)
-        for tkey, tally in tallies.items():
-            self.nps_tallies[tkey] = json.dumps(tally).encode()
+            self._revenues.setdefault(writes[-1][2], {})[key] = float(state.trailing_revenue)
+        # Dead letters and re-routed records are delivered with them, before the batch is
+        # acked; a failure crashes the agent and the batch is replayed (harmless: event_id
+        # dedup and the tally watermarks).
+        await self._write(self.customers, writes, by_partition, sends)
         for (event_type, result), n in outcomes.items():
             self.metrics.events.labels(event_type, result).inc(n)
-        if sends:
-            # Delivered before the batch is acked; a failure crashes the agent and the
-            # batch is replayed (event_id dedup makes that harmless).
-            await asyncio.gather(*sends)
-        for partition, fut in last_sent.items():
-            # Tells recovery after a restart where the local store is up to date.
-            store.set_persisted_offset(TP(changelog, partition), fut.result().offset)
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _write(
+        self,
+        table: Any,
+        records: list[tuple[bytes, bytes, int]],
+        by_partition: dict[int, Any],
+        also: Sequence[Awaitable[Any]] = (),
+    ) -> None:
+        """Deliver (key, value, partition) records to the table's changelog, then store them.
+
+        The local store only ever holds what its changelog has, so a restart on the
+        same state directory and one on a fresh directory see the same state.
+        """
+        changelog = table.changelog_topic.get_topic_name()
+        send = self.app.producer.send
+        futs: list[Any] = [
+            await send(changelog, key, raw, part, None, None) for key, raw, part in records
+        ]
+        if futs or also:
+            await asyncio.gather(*futs, *also)
+        store = table.data
+        last: dict[int, int] = {}
+        for (key, raw, part), fut in zip(records, futs, strict=True):
+            bind_event(by_partition[part])
+            store[key] = raw
+            last[part] = max(last.get(part, -1), fut.result().offset)
+        for part, offset in last.items():
+            # Where the local store is up to date: a restart reads only the tail.
+            store.set_persisted_offset(TP(changelog, part), offset)
 
     def _partitions(self, topic: str) -> int:
         n = self._partition_counts.get(topic)

@@ -6,15 +6,15 @@ import asyncio
 import json
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from app.domain.alerts import Snapshot, evaluate
-from app.domain.customer import CustomerState, Policy, apply, public_view
-from app.domain.events import AnyEvent, decode_event
+from app.domain.customer import CustomerState, Outcome, Policy, apply, public_view
+from app.domain.events import AnyEvent, SurveyResponse, decode_event
 from app.domain.value import ValuePolicy
 
 from .harness import Worker, consume_all, event, poll, produce, worker_env
@@ -96,10 +96,13 @@ def test_sigkill_mid_stream_then_restore_from_changelog(
         expected: dict[str, CustomerState] = {}
         expected_alerts: dict[str, str] = {}
         now = datetime.now(UTC)
+        counted_days: list[date] = []
         for _, cust, raw in stream:
             ev: AnyEvent = decode_event(raw)
             before = Snapshot.of(expected.get(cust))
-            expected[cust], _ = apply(expected.get(cust), ev, policy)
+            expected[cust], outcome = apply(expected.get(cust), ev, policy)
+            if isinstance(ev, SurveyResponse) and outcome is not Outcome.DUPLICATE:
+                counted_days.append(ev.occurred_at.astimezone(UTC).date())
             for a in evaluate(before, expected[cust], ev, policy, now):
                 expected_alerts[a.alert_id] = a.trigger_event_id
 
@@ -115,6 +118,13 @@ def test_sigkill_mid_stream_then_restore_from_changelog(
             want = {k: public_view(state)[k] for k in COMPARED}
             got = restarted.get(f"/customers/{cust}")[1]
             assert {k: got[k] for k in COMPARED} == want, cust
+
+        # Segment NPS: every response counted exactly once across the crash.
+        as_of = max(counted_days)
+        want_n = sum(1 for d in counted_days if (as_of - d).days < 90)
+        status, nps = restarted.get("/nps?window=90d&segment=overall")
+        assert status == 200 and nps["as_of"] == as_of.isoformat()
+        assert nps["segments"][0]["n"] == want_n
 
         alerts = asyncio.run(
             consume_all(kafka_broker, env["FEEDBACK_TOPIC_ALERTS"],

@@ -32,3 +32,22 @@ def test_windows_sum_days_and_partitions_once_each() -> None:
 def test_expired_only_for_owned_partitions() -> None:
     keys = [segments.tally_key(p, "overall", date(2025, 1, 1)) for p in (0, 1)]
     assert segments.expired(keys, date(2026, 1, 1), {0: True}) == [keys[0]]
+
+
+def test_replayed_offsets_are_not_counted_twice() -> None:
+    tally = segments.new_tally()
+    assert segments.add(tally, 10, offset=5) and segments.add(tally, 3, offset=9)
+    # After a crash the partition is replayed from its last committed offset.
+    assert not segments.add(tally, 10, offset=5)
+    assert not segments.add(tally, 3, offset=9)
+    assert segments.add(tally, 7, offset=10)
+    assert tally == [1, 1, 1, 10]
+    (row,) = segments.summarize([(segments.tally_key(0, "overall", date(2026, 1, 1)), tally)],
+                                "7d", date(2026, 1, 1))  # fmt: skip
+    assert (row.n, row.nps) == (3, 0.0)
+
+
+def test_tallies_written_before_watermarks_still_count() -> None:
+    legacy = [2, 0, 1]
+    assert segments.add(legacy, 9, offset=0)
+    assert legacy == [3, 0, 1, 0]
