@@ -191,7 +191,8 @@ class Demo:
             risk.add_column(col)
         for c in (_get(f"{base}/at-risk?limit=6") or {}).get("customers", []):
             risk.add_row(c["customer_id"], f"{c['churn_risk']:.2f}",
-                         ", ".join(c["churn_reasons"][:3]), c["trailing_revenue"],
+                         ", ".join(c["churn_reasons"][:3]),
+                         f"{float(c['trailing_revenue']):,.0f} {c.get('currency', '')}",
                          str(c["band"] or "-"), str(c["open_complaints"]))  # fmt: skip
         return Group(Panel(head, title="feedback demo (Ctrl-C stops everything)"), nps, alerts,
                      risk)  # fmt: skip

@@ -151,7 +151,7 @@ class Simulation:
                 return out
             amount = Decimal(str(round(20 * c.weight * rnd.uniform(0.5, 1.5), 2)))
             if rnd.random() < 0.03:
-                amount = -amount / 2  # a partial refund
+                amount = (-amount / 2).quantize(Decimal("0.01"))  # a partial refund
             out.append(self._event(c, "purchase", at, order_id=f"o-{self._id()}",
                                    amount=str(amount), currency=c.currency))  # fmt: skip
             if rnd.random() < 0.06:
