@@ -5,6 +5,16 @@ into detractor from promoter, passive or no score. Exactly one alert per
 transition; while the customer stays a detractor no further alert, unless a
 re-alert cooldown is configured and has passed; leaving the detractor band
 re-arms the rule.
+
+Rules raised by time passing (``evaluate_time``, run by the sweep as stream
+time advances), each once per episode with a deterministic ``alert_id``:
+
+- ``silent`` (version 1): a high-value customer lapses (P(alive) below the
+  lapse setting). The episode is the silence after its last purchase, which
+  is the trigger; buying again (won back) ends it.
+- ``complaint_reply_overdue`` (version 1): a high-value customer's complaint
+  is still open 24 h after it was opened (the reply standard). Once per
+  complaint; the trigger is the complaint's opening event.
 """
 
 from __future__ import annotations
@@ -16,9 +26,11 @@ from decimal import Decimal
 
 from app.domain import value
 from app.domain.customer import CustomerState, Episode, Policy, refresh
-from app.domain.events import Alert, AnyEvent, Band, SurveyResponse
+from app.domain.events import Alert, AlertRule, AnyEvent, Band, SurveyResponse
 
 DETRACTOR_RULE_VERSION = 1
+SILENT_RULE_VERSION = 1
+REPLY_OVERDUE_RULE_VERSION = 1
 ALERT_NAMESPACE = uuid.UUID("6f1c8a52-3f0e-4d4b-9a57-0c2f6b1f9e11")
 SLA = timedelta(hours=24)
 
@@ -108,15 +120,18 @@ def _high_value(
 def _alert(
     state: CustomerState, trigger: str, score: int, at: datetime,
     previous_band: Band | None, previous_score: int | None, revenue: Decimal,
-    tier: value.Tier, policy: Policy, now: datetime,
+    tier: value.Tier, policy: Policy, now: datetime, rule: AlertRule = "detractor",
+    version: int = DETRACTOR_RULE_VERSION, stream_now: datetime | None = None,
+    complaint_id: str | None = None, sla_due: datetime | None = None,
 ) -> Alert:  # fmt: skip
-    refresh(state, policy)  # the alert carries figures as of what is known now
-    state.detractor_alerted_at = at
+    refresh(state, policy, stream_now)  # the alert carries figures as of what is known now
+    if rule == "detractor":
+        state.detractor_alerted_at = at
     state.alerts_sent += 1
     return Alert(
-        alert_id=alert_id("detractor", state.customer_id, trigger),
-        rule="detractor",
-        rule_version=DETRACTOR_RULE_VERSION,
+        alert_id=alert_id(rule, state.customer_id, trigger),
+        rule=rule,
+        rule_version=version,
         customer_id=state.customer_id,
         trigger_event_id=trigger,
         score=score,
@@ -132,5 +147,44 @@ def _alert(
         segment=state.segment,
         occurred_at=at.astimezone(UTC),
         emitted_at=now.astimezone(UTC),
-        sla_due_at=(at + SLA).astimezone(UTC),
+        sla_due_at=(sla_due or at + SLA).astimezone(UTC),
+        complaint_id=complaint_id,
+        p_alive=state.p_alive,
     )
+
+
+def evaluate_time(state: CustomerState, policy: Policy, stream_now: datetime,
+                  now: datetime) -> list[Alert]:  # fmt: skip
+    """Alerts that time passing raises for ``state`` (already rescored as of ``stream_now``).
+
+    Records each in ``state`` so it is raised once per episode.
+    """
+    out: list[Alert] = []
+    if state.lapsed_at is not None and state.last_purchase_at is not None:
+        trigger = state.last_purchase_event_id or f"purchase@{state.last_purchase_at.isoformat()}"
+        if state.silent_alerted != trigger:
+            high, tier, revenue = _high_value(state, stream_now, policy)
+            if high:
+                state.silent_alerted = trigger
+                out.append(_alert(state, trigger, state.score, state.lapsed_at, None, None,
+                                  revenue, tier, policy, now, "silent", SILENT_RULE_VERSION,
+                                  stream_now, sla_due=stream_now + SLA))  # fmt: skip
+    overdue = [c for c in state.complaints.values()
+               if c.is_open and c.opened_at is not None and stream_now - c.opened_at > SLA
+               and c.complaint_id not in state.reply_overdue_alerted]  # fmt: skip
+    if overdue:
+        high, tier, revenue = _high_value(state, stream_now, policy)
+        for c in sorted(overdue, key=lambda c: (c.opened_at, c.complaint_id)):
+            if not high:
+                break
+            assert c.opened_at is not None
+            state.reply_overdue_alerted.append(c.complaint_id)
+            trigger = c.opened_event_id or c.complaint_id
+            out.append(_alert(state, trigger, state.score, c.opened_at + SLA, None, None, revenue,
+                              tier, policy, now, "complaint_reply_overdue",
+                              REPLY_OVERDUE_RULE_VERSION, stream_now, complaint_id=c.complaint_id,
+                              sla_due=c.opened_at + SLA))  # fmt: skip
+    known = set(state.complaints)
+    if any(k not in known for k in state.reply_overdue_alerted):
+        state.reply_overdue_alerted = [k for k in state.reply_overdue_alerted if k in known]
+    return out

@@ -1,100 +1,274 @@
-"""Churn risk in [0, 1] with the reasons that drive it.
+"""Churn risk: the probability that a customer is gone within a horizon, as of a given time.
 
-Formula (noisy-OR): ``risk = 1 - prod(1 - c_i)`` over independent signals
-``c_i`` in [0, 1]. Adding a signal never lowers risk; removing one never
-raises it. Each signal is calibrated on a figure from shared/DOMAIN.md:
+Why this shape: churn is mostly silent (1 in 10 unhappy customers complains,
+68% of leavers go because they felt ignored), so the first signal is the
+customer's own purchase rhythm breaking, and it must be read **as of now**,
+not as of the customer's last event. The score therefore has two layers:
 
-- ``open_complaint``: an unresolved complaint counts as 1 - repurchase
-  intention of customers whose complaint was not resolved (major 19% -> 0.81,
-  minor 46% -> 0.54).
-- ``slow_resolution``: resolved after the 24 h standard counts as 1 - the
-  "complained, resolved" intention (major 54% -> 0.46, minor 74% -> 0.26).
-  A quick resolution counts as 1 - "resolved quickly" (major 82% -> 0.18,
-  minor 95% -> 0.05) and is not a reason. Complaints count for 365 days.
-- ``detractor``: a latest score of 0-6 counts 0.35 + 0.05 per point below 6
-  (0.65 at 0); 1 in 10 dissatisfied customers complains, so a detractor
-  score is the loudest early signal of the silent nine. ``passive`` counts 0.10.
-- ``inactive``: days since the last purchase over the customer's own typical
-  gap; no signal up to 1.5x, rising linearly to 0.7 at 4.5x.
-- ``spend_decline``: spend in the last 90 days against the 90 before;
-  a fall of 25% or more counts 0.3 x the fall.
+1. **Purchase rhythm**: an MBG/NBD model (Batislam et al. 2007, the BG/NBD of
+   Fader, Hardie and Lee 2005 with drop-out allowed after the first purchase)
+   gives ``P(alive)`` from each customer's frequency ``x`` (repeat purchases),
+   recency ``t_x`` and age ``T``, with population parameters fitted from the
+   table (``app.analysis.fit.fit_mbgnbd``).
+2. **Fusion**: a logistic model over ``FEATURES`` (P(alive) as a log-odds, the
+   gap since the last purchase against the customer's own rhythm, stretching
+   gaps and shrinking baskets, the latest NPS answer and its fall, open and
+   unanswered complaints, slow resolutions) gives a calibrated probability of
+   churning within ``horizon_days``. Its weights are fitted on outcomes
+   (``feedback backtest --fit``), never copied from the figures the simulator
+   uses; the shipped defaults are in ``churn_model.json`` with what they were
+   fitted on.
+
+Reason codes are the features whose contribution to the log-odds is at least
+``reason_min``, summed per reason and listed strongest first.
+
+Per customer the scoring is a few dozen float operations: cheap enough to
+re-score every customer as stream time passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
-from app.domain.complaints import ComplaintRecord
-from app.domain.events import Band
+from app.domain.complaints import REPLY_STANDARD, ComplaintRecord
 
-OPEN = {"major": 1 - 0.19, "minor": 1 - 0.46}
-RESOLVED_SLOWLY = {"major": 1 - 0.54, "minor": 1 - 0.74}
-RESOLVED_QUICKLY = {"major": 1 - 0.82, "minor": 1 - 0.95}
+DAY = 86400.0
 COMPLAINT_MEMORY = timedelta(days=365)
-INACTIVE_START, INACTIVE_FULL, INACTIVE_MAX = 1.5, 4.5, 0.7
-DECLINE_START, DECLINE_WEIGHT = 0.25, 0.3
+SCORE_MEMORY = timedelta(days=180)
+MODEL_FILE = Path(__file__).with_name("churn_model.json")
+
+# Feature name -> the reason code it supports (None: protective or neutral, never a reason).
+FEATURES: dict[str, str | None] = {
+    "dropout": "inactive",  # MBG/NBD P(dead) as log-odds, scaled to [0, 1]
+    "overdue": "inactive",  # log(1 + days since last purchase / own typical gap)
+    "no_purchase": "inactive",  # known to us, never bought
+    "gap_stretch": "inactive",  # the last gap against the customer's earlier gaps
+    "basket_shrink": "spend_decline",  # recent baskets against earlier ones
+    "spend_decline": "spend_decline",  # spend in the last 90 days against the 90 before
+    "detractor": "detractor",  # latest score 0-6 in the last 180 days, (7 - score) / 7
+    "passive": "passive",  # latest score 7-8
+    "falling_score": "falling_score",  # previous minus latest score, / 10
+    "open_complaint": "open_complaint",  # open complaints still inside the 24 h standard
+    "no_reply_24h": "no_reply_24h",  # open complaints past the 24 h reply standard
+    "slow_resolution": "slow_resolution",  # resolved after 24 h, last 365 days
+    "quick_resolution": None,  # resolved within 24 h, last 365 days
+    "promoter": None,  # latest score 9-10
+}
+
+
+@dataclass(frozen=True)
+class Rhythm:
+    """MBG/NBD population parameters (time in days)."""
+
+    r: float = 0.9
+    alpha: float = 18.0
+    a: float = 0.3
+    b: float = 6.0
+
+    def p_alive(self, x: int, t_x: float, age: float) -> float:
+        """P(alive | x repeat purchases, last at t_x, observed for age days).
+
+        MBG/NBD: ``1 / (1 + a / (b + x) * ((alpha + T) / (alpha + t_x)) ** (r + x))``.
+
+        >>> round(Rhythm(1.0, 10.0, 0.5, 5.0).p_alive(4, 100.0, 100.0), 3)
+        0.947
+        """
+        if age <= 0:
+            return 1.0
+        ratio = (self.alpha + age) / (self.alpha + t_x)
+        exponent = (self.r + x) * math.log(ratio)
+        odds = math.log(self.a / (self.b + x)) + exponent
+        if odds > 700:
+            return 0.0
+        return 1.0 / (1.0 + math.exp(odds))
+
+    @property
+    def mean_gap_days(self) -> float:
+        """The population's typical gap between purchases (1 / mean purchase rate)."""
+        return self.alpha / self.r
+
+
+@dataclass(frozen=True)
+class ChurnModel:
+    """A fitted logistic fusion: weights per feature, horizon, and where it came from."""
+
+    intercept: float
+    weights: Mapping[str, float]
+    horizon_days: int = 90
+    rhythm: Rhythm = field(default_factory=Rhythm)
+    reason_min: float = 0.15
+    trained_on: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChurnModel:
+        unknown = set(data.get("weights", {})) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown churn features {sorted(unknown)}")
+        return cls(
+            intercept=float(data["intercept"]),
+            weights={k: float(v) for k, v in data["weights"].items()},
+            horizon_days=int(data.get("horizon_days", 90)),
+            rhythm=Rhythm(**data.get("rhythm", {})),
+            reason_min=float(data.get("reason_min", 0.15)),
+            trained_on=str(data.get("trained_on", "")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "intercept": self.intercept, "weights": dict(self.weights),
+            "horizon_days": self.horizon_days, "reason_min": self.reason_min,
+            "rhythm": {"r": self.rhythm.r, "alpha": self.rhythm.alpha,
+                       "a": self.rhythm.a, "b": self.rhythm.b},
+            "trained_on": self.trained_on,
+        }  # fmt: skip
+
+    def with_rhythm(self, rhythm: Rhythm) -> ChurnModel:
+        return ChurnModel(self.intercept, self.weights, self.horizon_days, rhythm,
+                          self.reason_min, self.trained_on)  # fmt: skip
+
+
+def load_model(path: Path | None = None) -> ChurnModel:
+    """The model at ``path``, or the shipped default."""
+    return ChurnModel.from_dict(json.loads((path or MODEL_FILE).read_text()))
 
 
 @dataclass(frozen=True)
 class ChurnInputs:
-    """The signals churn risk is computed from, all as of one instant."""
+    """What a customer's state says about churn, independent of when it is read."""
 
-    band: Band | None
-    score: int | None
+    purchases: Sequence[tuple[datetime, float]]  # (time, amount in base currency), by time
+    scores: Sequence[tuple[datetime, int]]  # newest answers, by time
     complaints: Iterable[ComplaintRecord]
-    days_since_purchase: float | None
-    typical_gap_days: float | None
-    spend_decline: float
+    first_seen: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Churn risk as of one instant, with what drives it."""
+
+    risk: float
+    reasons: list[str]
+    p_alive: float
     as_of: datetime
 
 
-def signals(inp: ChurnInputs) -> list[tuple[str | None, float]]:
-    """Every non-zero signal as (reason code or None, contribution)."""
-    out: list[tuple[str | None, float]] = []
-    if inp.band == "detractor" and inp.score is not None:
-        out.append(("detractor", 0.35 + 0.05 * (6 - inp.score)))
-    elif inp.band == "passive":
-        out.append(("passive", 0.10))
+def summary(purchases: Sequence[tuple[datetime, float]], as_of: datetime
+            ) -> tuple[int, float, float] | None:  # fmt: skip
+    """MBG/NBD inputs (x repeat purchase days, t_x, T in days) from positive purchases.
+
+    Purchases on the same day count once (the model counts transactions, a
+    basket split over two orders is one visit). None without a purchase.
+    """
+    days = sorted({p.date() for p, amount in purchases if amount > 0 and p <= as_of})
+    if not days:
+        return None
+    first = min(p for p, amount in purchases if amount > 0 and p <= as_of)
+    last = max(p for p, amount in purchases if amount > 0 and p <= as_of)
+    return len(days) - 1, (last - first).total_seconds() / DAY, (as_of - first).total_seconds() / DAY
+
+
+def features(inp: ChurnInputs, as_of: datetime, rhythm: Rhythm) -> dict[str, float]:
+    """Every feature of FEATURES as of ``as_of``; 0 is the healthy value of each."""
+    f = dict.fromkeys(FEATURES, 0.0)
+    buys = [(t, a) for t, a in inp.purchases if a > 0 and t <= as_of]
+    rfm = summary(inp.purchases, as_of)
+    if rfm is None:
+        f["no_purchase"] = 1.0
+        f["dropout"] = _dropout(1.0)
+    else:
+        x, t_x, age = rfm
+        f["dropout"] = _dropout(rhythm.p_alive(x, t_x, age))
+        times = [t for t, _ in buys]
+        gaps = [(b - a).total_seconds() / DAY for a, b in zip(times, times[1:], strict=False)]
+        gaps = [g for g in gaps if g > 0.5]
+        typical = statistics.median(gaps) if gaps else rhythm.mean_gap_days
+        since = (as_of - times[-1]).total_seconds() / DAY
+        f["overdue"] = math.log1p(since / max(typical, 1.0))
+        if len(gaps) >= 3:
+            earlier = statistics.median(gaps[:-1])
+            f["gap_stretch"] = max(0.0, math.log(max(gaps[-1], 1.0) / max(earlier, 1.0)))
+        amounts = [a for _, a in buys]
+        if len(amounts) >= 4:
+            before = statistics.median(amounts[:-2])
+            if before > 0:
+                f["basket_shrink"] = max(0.0, 1.0 - (amounts[-1] + amounts[-2]) / 2 / before)
+        f["spend_decline"] = _spend_decline(inp.purchases, as_of)
+    scores = [(t, s) for t, s in inp.scores if t <= as_of]
+    if scores and as_of - scores[-1][0] <= SCORE_MEMORY:
+        latest = scores[-1][1]
+        if latest <= 6:
+            f["detractor"] = (7 - latest) / 7
+        elif latest <= 8:
+            f["passive"] = 1.0
+        else:
+            f["promoter"] = 1.0
+        if len(scores) > 1:
+            f["falling_score"] = max(0, scores[-2][1] - latest) / 10
     for c in inp.complaints:
-        if c.status_at < inp.as_of - COMPLAINT_MEMORY:
+        if c.status_at < as_of - COMPLAINT_MEMORY or (c.opened_at and c.opened_at > as_of):
             continue
         if c.is_open:
-            out.append(("open_complaint", OPEN[c.severity]))
-        elif c.breached(inp.as_of):
-            out.append(("slow_resolution", RESOLVED_SLOWLY[c.severity]))
+            late = c.opened_at is not None and as_of - c.opened_at > REPLY_STANDARD
+            key = "no_reply_24h" if late else "open_complaint"
+            f[key] = min(2.0, f[key] + (1.5 if c.severity == "major" else 1.0))
+        elif c.breached(as_of):
+            f["slow_resolution"] = min(2.0, f["slow_resolution"] + 1.0)
         else:
-            out.append((None, RESOLVED_QUICKLY[c.severity]))
-    if inp.days_since_purchase is not None and inp.typical_gap_days:
-        ratio = inp.days_since_purchase / max(inp.typical_gap_days, 1.0)
-        if ratio > INACTIVE_START:
-            span = INACTIVE_FULL - INACTIVE_START
-            out.append(
-                ("inactive", min(INACTIVE_MAX, INACTIVE_MAX * (ratio - INACTIVE_START) / span))
-            )
-    if inp.spend_decline >= DECLINE_START:
-        out.append(("spend_decline", DECLINE_WEIGHT * inp.spend_decline))
-    return out
+            f["quick_resolution"] = min(2.0, f["quick_resolution"] + 1.0)
+    return f
 
 
-def risk(inp: ChurnInputs) -> tuple[float, list[str]]:
-    """Churn risk and its reason codes, strongest first.
+def assess(inp: ChurnInputs, as_of: datetime, model: ChurnModel) -> Assessment:
+    """Churn risk within ``model.horizon_days`` as of ``as_of``, with its reasons.
 
-    >>> from datetime import datetime, timezone
-    >>> now = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    >>> risk(ChurnInputs("detractor", 3, [], None, None, 0.0, now))
-    (0.5, ['detractor'])
+    ``risk = 1 / (1 + exp(-(intercept + sum(w_i * x_i))))``; a reason is named
+    when its features add at least ``reason_min`` to the log-odds.
     """
-    keep = 1.0
+    f = features(inp, as_of, model.rhythm)
+    z = model.intercept
     strength: dict[str, float] = {}
-    for reason, c in signals(inp):
-        keep *= 1.0 - min(max(c, 0.0), 1.0)
-        if reason is not None:
-            strength[reason] = max(strength.get(reason, 0.0), c)
-    reasons = sorted(strength, key=lambda r: (-strength[r], r))
-    return round(1.0 - keep, 6), reasons
+    for name, x in f.items():
+        w = model.weights.get(name, 0.0)
+        z += w * x
+        reason = FEATURES[name]
+        if reason is not None and w * x > 0:
+            strength[reason] = strength.get(reason, 0.0) + w * x
+    risk = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+    reasons = sorted((r for r, s in strength.items() if s >= model.reason_min),
+                     key=lambda r: (-strength[r], r))  # fmt: skip
+    p_alive = 1.0 - _undropout(f["dropout"])
+    return Assessment(round(risk, 6), reasons, round(p_alive, 6), as_of)
+
+
+def _dropout(p_alive: float) -> float:
+    """P(dead) as log-odds clipped to [-8, 8], scaled to [0, 1]: 0 is surely alive."""
+    p = min(max(1.0 - p_alive, 1e-6), 1 - 1e-6)
+    return (max(-8.0, min(8.0, math.log(p / (1 - p)))) + 8.0) / 16.0
+
+
+def _undropout(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-(x * 16.0 - 8.0)))
+
+
+def _spend_decline(purchases: Iterable[tuple[datetime, float]], as_of: datetime) -> float:
+    window = timedelta(days=90)
+    recent = prior = 0.0
+    for at, amount in purchases:
+        if as_of - window < at <= as_of:
+            recent += amount
+        elif as_of - 2 * window < at <= as_of - window:
+            prior += amount
+    if prior <= 0:
+        return 0.0
+    return max(0.0, min(1.0, 1 - recent / prior))
 
 
 @dataclass(frozen=True)

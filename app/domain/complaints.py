@@ -28,6 +28,7 @@ class ComplaintRecord(BaseModel):
     opened_at: datetime | None = None
     resolved_at: datetime | None = None
     escalated: bool = False
+    opened_event_id: str | None = None  # names the complaint in its reply-overdue alert
 
     @property
     def is_open(self) -> bool:

@@ -26,6 +26,7 @@ NPS_WINDOW = timedelta(days=90)
 PURCHASE_MEMORY = 2 * value.TRAILING
 RESOLVED_MEMORY = timedelta(days=400)
 SCORE_HISTORY = 5
+MAX_LAPSES = 8
 
 
 class Outcome(StrEnum):
@@ -46,6 +47,9 @@ class Policy:
     cutoffs: value.RevenueCutoffs = field(default_factory=value.RevenueCutoffs)
     dedup_event_ids: int = 1000
     realert_after: timedelta | None = None
+    churn_model: churn.ChurnModel = field(default_factory=churn.load_model)
+    # A customer whose P(alive) falls below this is lapsed (a lost customer for the KPIs).
+    lapse_p_alive: float = 0.3
 
 
 class Response(BaseModel):
@@ -62,6 +66,15 @@ class PurchaseRecord(BaseModel):
     at: datetime
     amount: Decimal
     order_id: str
+
+
+class Lapse(BaseModel):
+    """One spell of being lapsed: when, the trailing revenue lost with it, and any win-back."""
+
+    model_config = ConfigDict(extra="forbid")
+    at: datetime
+    revenue: Decimal
+    won_back_at: datetime | None = None
 
 
 class Episode(BaseModel):
@@ -114,6 +127,17 @@ class CustomerState(BaseModel):
 
     churn_risk: float = 0.0
     churn_reasons: list[str] = Field(default_factory=list)
+    # Fields below were added with churn risk as of now; states written before load with
+    # these defaults and are completed on their next refresh.
+    churn_as_of: datetime | None = None
+    p_alive: float | None = None
+    first_seen_at: datetime | None = None
+    last_purchase_event_id: str | None = None
+    lapsed_at: datetime | None = None
+    lapses: list[Lapse] = Field(default_factory=list)
+    won_back: int = 0
+    silent_alerted: str | None = None
+    reply_overdue_alerted: list[str] = Field(default_factory=list)
 
     detractor_episode: Episode | None = None
     detractor_alerted_at: datetime | None = None
@@ -163,6 +187,8 @@ def fold(state: CustomerState, event: AnyEvent, policy: Policy) -> Outcome:
         state.segment = event.segment
     if state.last_event_at is None or event.occurred_at > state.last_event_at:
         state.last_event_at = event.occurred_at
+    if state.first_seen_at is None or event.occurred_at < state.first_seen_at:
+        state.first_seen_at = event.occurred_at
     outcome = _HANDLERS[type(event)](state, event, amount)
     _prune(state, state.last_event_at)
     return outcome
@@ -200,6 +226,13 @@ def _purchase(state: CustomerState, event: Any, amount: Decimal | None) -> Outco
     late = state.last_purchase_at is not None and ev.occurred_at < state.last_purchase_at
     if amount > 0 and (state.last_purchase_at is None or ev.occurred_at > state.last_purchase_at):
         state.last_purchase_at = ev.occurred_at
+        state.last_purchase_event_id = ev.event_id
+        if state.lapsed_at is not None and ev.occurred_at > state.lapsed_at:
+            # A lapsed customer who buys again is won back.
+            state.won_back += 1
+            if state.lapses:
+                state.lapses[-1].won_back_at = ev.occurred_at
+            state.lapsed_at = None
     return Outcome.LATE if late else Outcome.PROCESSED
 
 
@@ -207,9 +240,11 @@ def _complaint(state: CustomerState, event: Any, _: Decimal | None) -> Outcome:
     ev: Complaint = event
     current = state.complaints.get(ev.complaint_id)
     late = current is not None and ev.occurred_at < current.status_at
-    state.complaints[ev.complaint_id] = complaints.step(
+    record = state.complaints[ev.complaint_id] = complaints.step(
         current, ev.complaint_id, ev.status, ev.category, ev.severity, ev.occurred_at
     )
+    if ev.status == "opened" and record.opened_at == ev.occurred_at:
+        record.opened_event_id = ev.event_id
     return Outcome.LATE if late else Outcome.PROCESSED
 
 
@@ -220,11 +255,17 @@ _HANDLERS: dict[type, Callable[[CustomerState, Any, Decimal | None], Outcome]] =
 }
 
 
-def refresh(state: CustomerState, policy: Policy) -> None:
-    """Recompute every derived figure as of the customer's newest event time."""
+def refresh(state: CustomerState, policy: Policy, now: datetime | None = None) -> None:
+    """Recompute every derived figure; churn, reply breaches and lapse as of ``now``.
+
+    ``now`` is stream time (the newest event time seen on the customer's
+    partition); figures that only depend on the customer's own events are as
+    of its newest event. Without ``now``, everything is as of the newest event.
+    """
     as_of = state.last_event_at
     if as_of is None:
         return
+    now = as_of if now is None or now < as_of else now
     if state.score_at is not None:
         since = state.score_at - NPS_WINDOW
         counts = nps.NpsCounts()
@@ -240,20 +281,34 @@ def refresh(state: CustomerState, policy: Policy) -> None:
         state.trailing_revenue, tier, policy.value_policy, policy.cutoffs
     )
     state.open_complaints = sum(1 for c in state.complaints.values() if c.is_open)
-    state.sla_breaches = sum(1 for c in state.complaints.values() if c.breached(as_of))
-    days_since = (
-        (as_of - state.last_purchase_at).total_seconds() / 86400 if state.last_purchase_at else None
-    )
-    state.churn_risk, state.churn_reasons = churn.risk(
-        churn.ChurnInputs(
-            band=state.band,
-            score=state.score,
-            complaints=state.complaints.values(),
-            days_since_purchase=days_since,
-            typical_gap_days=state.typical_gap_days,
-            spend_decline=value.spend_decline(pairs, as_of),
-            as_of=as_of,
-        )
+    rescore(state, policy, now)
+
+
+def rescore(state: CustomerState, policy: Policy, now: datetime) -> None:
+    """Churn risk, reply-standard breaches and lapse as of ``now`` (the sweep's entry point)."""
+    state.sla_breaches = sum(1 for c in state.complaints.values() if c.breached(now))
+    result = churn.assess(churn_inputs(state), now, policy.churn_model)
+    state.churn_risk, state.churn_reasons = result.risk, result.reasons
+    state.p_alive, state.churn_as_of = result.p_alive, now
+    has_bought = state.last_purchase_at is not None
+    if state.lapsed_at is None and has_bought and result.p_alive < policy.lapse_p_alive:
+        state.lapsed_at = now
+        state.lapses.append(Lapse(at=now, revenue=state.revenue_at(now)))
+        del state.lapses[:-MAX_LAPSES]
+    elif state.lapsed_at is not None and result.p_alive >= policy.lapse_p_alive:
+        # A late purchase showed the customer was not gone: the lapse is withdrawn.
+        if state.lapses and state.lapses[-1].at == state.lapsed_at:
+            state.lapses.pop()
+        state.lapsed_at = None
+
+
+def churn_inputs(state: CustomerState) -> churn.ChurnInputs:
+    """The facts of a state that churn risk reads (complaints copied: they change in place)."""
+    return churn.ChurnInputs(
+        purchases=[(p.at, float(p.amount)) for p in state.purchases],
+        scores=[(r.at, r.score) for r in state.score_history],
+        complaints=[c.model_copy() for c in state.complaints.values()],
+        first_seen=state.first_seen_at,
     )
 
 
@@ -283,8 +338,10 @@ def iso(at: datetime | None) -> str | None:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z") if at else None
 
 
-def public_view(state: CustomerState, now: datetime | None = None) -> dict[str, Any]:
-    """The state as CRM reads it over HTTP: figures, not internals."""
+def public_view(
+    state: CustomerState, now: datetime | None = None, horizon_days: int | None = None
+) -> dict[str, Any]:
+    """The state as CRM reads it over HTTP: figures, not internals; time-driven ones as of now."""
     as_of = now or state.last_event_at
     open_list = []
     for c in state.complaints.values():
@@ -329,6 +386,12 @@ def public_view(state: CustomerState, now: datetime | None = None) -> dict[str, 
         "value_tier": state.value_tier,
         "churn_risk": state.churn_risk,
         "churn_reasons": state.churn_reasons,
+        "churn_horizon_days": horizon_days,
+        "churn_as_of": iso(state.churn_as_of),
+        "p_alive": state.p_alive,
+        "lapsed": state.lapsed_at is not None,
+        "lapsed_at": iso(state.lapsed_at),
+        "won_back": state.won_back,
         "open_complaints": state.open_complaints,
         "open_complaint_details": open_list,
         "resolution_hours": resolutions,
@@ -337,3 +400,50 @@ def public_view(state: CustomerState, now: datetime | None = None) -> dict[str, 
         "events": state.seq,
         "alerts_sent": state.alerts_sent,
     }
+
+
+def next_check(state: CustomerState, policy: Policy, now: datetime) -> datetime:
+    """When time alone next changes something about this customer, so the sweep looks again.
+
+    The earliest of: an open complaint reaching the 24 h reply standard, the
+    moment P(alive) crosses the lapse setting (MBG/NBD solved for the age at
+    which it does), and a regular look at half the customer's own purchase
+    gap (between 1 and 14 days; 30 days once lapsed) so the risk shown never
+    drifts far from the risk as of now.
+    """
+    gap = state.typical_gap_days or policy.churn_model.rhythm.mean_gap_days
+    step = timedelta(days=30) if state.lapsed_at else timedelta(days=min(14.0, max(1.0, gap / 2)))
+    due = now + step
+    for c in state.complaints.values():
+        if c.is_open and c.opened_at is not None:
+            breach = c.opened_at + complaints.REPLY_STANDARD + timedelta(seconds=1)
+            if now < breach < due:
+                due = breach
+    if state.lapsed_at is None and state.last_purchase_at is not None:
+        crossing = lapse_time(state, policy)
+        if crossing is not None and now < crossing < due:
+            due = crossing
+    return due
+
+
+def lapse_time(state: CustomerState, policy: Policy) -> datetime | None:
+    """When P(alive) falls below ``policy.lapse_p_alive`` if the customer buys nothing more.
+
+    MBG/NBD: P(alive) < q when ``(alpha + T) > (alpha + t_x) * (odds_q * (b + x) / a) **
+    (1 / (r + x))`` with ``odds_q = (1 - q) / q``.
+    """
+    rfm = churn.summary([(p.at, float(p.amount)) for p in state.purchases],
+                        state.last_event_at or datetime.max.replace(tzinfo=UTC))  # fmt: skip
+    if rfm is None:
+        return None
+    x, t_x, age = rfm
+    m = policy.churn_model.rhythm
+    q = policy.lapse_p_alive
+    if not 0 < q < 1:
+        return None
+    base = (1 - q) / q * (m.b + x) / m.a
+    if base <= 0:
+        return None
+    age_star = (m.alpha + t_x) * base ** (1 / (m.r + x)) - m.alpha
+    first = (state.last_event_at or datetime.max.replace(tzinfo=UTC)) - timedelta(days=age)
+    return first + timedelta(days=max(age_star, 0.0))

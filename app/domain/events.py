@@ -83,15 +83,27 @@ AnyEvent = SurveyResponse | Purchase | Complaint
 EVENT_TYPES = ("survey", "purchase", "complaint")
 
 
+AlertRule = Literal["detractor", "silent", "complaint_reply_overdue"]
+
+
 class Alert(_Contract):
-    """What a CRM agent needs to call a high-value customer who just turned detractor."""
+    """What a CRM agent needs to call a high-value customer at risk, without another lookup.
+
+    Rules: ``detractor`` (the band moved into detractor; ``score`` is that
+    answer), ``silent`` (the customer lapsed: P(alive) fell below the lapse
+    setting; the trigger is its last purchase), ``complaint_reply_overdue`` (a
+    complaint still open 24 h after it was opened; the trigger is its opening
+    event and ``complaint_id`` names it).
+    """
 
     alert_id: str = Field(description="Deterministic from rule, customer_id and trigger event.")
-    rule: Literal["detractor"]
+    rule: AlertRule
     rule_version: int
     customer_id: Id
     trigger_event_id: Id
-    score: int = Field(ge=0, le=10)
+    score: int | None = Field(
+        ge=0, le=10, description="The triggering answer (detractor) or the latest one; null if none."
+    )
     previous_band: Literal["promoter", "passive"] | None
     previous_score: int | None
     rolling_nps: float | None = Field(ge=-100, le=100)
@@ -105,6 +117,8 @@ class Alert(_Contract):
     occurred_at: AwareDatetime
     emitted_at: AwareDatetime
     sla_due_at: AwareDatetime = Field(description="occurred_at + 24 h: the reply standard.")
+    complaint_id: Id | None = Field(None, description="complaint_reply_overdue: the complaint.")
+    p_alive: float | None = Field(None, ge=0, le=1, description="MBG/NBD P(alive) when raised.")
     schema_version: Literal[1] = 1
 
 

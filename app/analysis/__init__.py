@@ -1,0 +1,1 @@
+"""Offline and periodic statistics: model fitting and the churn backtest (numpy + scipy)."""

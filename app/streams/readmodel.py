@@ -1,0 +1,182 @@
+"""What HTTP and the gauges read, and the sweep's schedule: one compact row per customer.
+
+Derived from the customers table (rebuilt by one scan when partitions are
+assigned, then kept current by every write), so it is a cache, never state.
+The schedule is a heap per partition of (when time next matters, key):
+the sweep pops only what is due as stream time passes, so re-scoring costs
+in proportion to the customers whose risk can have changed, not the table.
+
+Stream time of a partition is the newest ``occurred_at`` seen on it (the
+three inputs are co-partitioned, so one clock per partition number), clamped
+to the wall clock plus ``FUTURE_TOLERANCE`` so one event stamped years ahead
+cannot lapse everyone. Replays and simulations therefore age customers
+exactly as live traffic does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.domain.customer import CustomerState
+
+FUTURE_TOLERANCE = timedelta(hours=1)
+RISK_BUCKETS = ("low", "medium", "high")
+
+
+def risk_bucket(risk: float) -> str:
+    """Low below 0.3, high from 0.6: the bands an operator acts on."""
+    return "low" if risk < 0.3 else "medium" if risk < 0.6 else "high"
+
+
+@dataclass(slots=True)
+class Row:
+    """One customer as the read side needs it (about 200 bytes)."""
+
+    partition: int
+    customer_id: str
+    risk: float
+    high_value: bool
+    tier: str
+    revenue: float
+    first_seen: float  # epoch seconds
+    lapsed: bool
+    lapses: tuple[tuple[float, float, float | None], ...]  # (at, revenue, won back at)
+    segment: tuple[str | None, str | None, str | None, str | None]  # tier, region, ch., product
+
+
+def _ts(at: datetime | None) -> float:
+    return at.timestamp() if at is not None else 0.0
+
+
+class ReadModel:
+    """Rows by key, the sweep's schedule and the stream clock of each partition."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, Row] = {}
+        self._heaps: dict[int, list[tuple[float, bytes]]] = {}
+        self._due: dict[bytes, float] = {}
+        self._clock: dict[int, datetime] = {}
+
+    # -- the stream clock ------------------------------------------------------------
+
+    def advance(self, partition: int, occurred_at: datetime, wall: datetime) -> None:
+        at = min(occurred_at, wall + FUTURE_TOLERANCE)
+        if partition not in self._clock or at > self._clock[partition]:
+            self._clock[partition] = at
+
+    def stream_time(self, partition: int) -> datetime | None:
+        return self._clock.get(partition)
+
+    # -- rows and schedule -----------------------------------------------------------
+
+    def record(self, key: bytes, partition: int, state: CustomerState, due: datetime) -> None:
+        seg = state.segment
+        self.rows[key] = Row(
+            partition, state.customer_id, state.churn_risk, state.high_value, state.value_tier,
+            float(state.trailing_revenue), _ts(state.first_seen_at or state.first_purchase_at
+                                               or state.last_event_at),
+            state.lapsed_at is not None,
+            tuple((_ts(x.at), float(x.revenue), _ts(x.won_back_at) if x.won_back_at else None)
+                  for x in state.lapses),
+            (seg.tier, seg.region, seg.channel, seg.product) if seg else (None, None, None, None),
+        )  # fmt: skip
+        self.schedule(key, partition, due.timestamp())
+
+    def schedule(self, key: bytes, partition: int, due: float) -> None:
+        if self._due.get(key) == due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
+
+    def take_due(self, partition: int, limit: int) -> list[bytes]:
+        """Keys whose next check is at or before the partition's stream time (at most limit)."""
+        now = self._clock.get(partition)
+        heap = self._heaps.get(partition)
+        if now is None or not heap:
+            return []
+        cutoff = now.timestamp()
+        out: list[bytes] = []
+        while heap and heap[0][0] <= cutoff and len(out) < limit:
+            due, key = heapq.heappop(heap)
+            if self._due.get(key) == due:  # else superseded by a later schedule
+                del self._due[key]
+                out.append(key)
+        return out
+
+    def pending(self, partition: int) -> int:
+        return len(self._heaps.get(partition, []))
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        if not gone:
+            return
+        for key in [k for k, r in self.rows.items() if r.partition in gone]:
+            del self.rows[key]
+            self._due.pop(key, None)
+        for p in gone:
+            self._heaps.pop(p, None)
+            self._clock.pop(p, None)
+
+    def seed(self, key: bytes, partition: int, raw: bytes, wall: datetime) -> float:
+        """Index one stored state without a full parse; returns its trailing revenue.
+
+        Reads the JSON written by ``CustomerState`` (older states lack the
+        churn fields and get defaults). Its first check is due one day after
+        it was last scored, so a restart spreads the re-scoring out.
+        """
+        d: dict[str, Any] = json.loads(raw)
+        last = _dt(d.get("last_event_at"))
+        if last is not None:
+            self.advance(partition, last, wall)
+        seg = d.get("segment") or {}
+        revenue = float(d.get("trailing_revenue", 0) or 0)
+        lapses = tuple((_ts(_dt(x["at"])), float(x["revenue"]),
+                        _ts(_dt(x.get("won_back_at"))) if x.get("won_back_at") else None)
+                       for x in d.get("lapses", []))  # fmt: skip
+        first = _dt(d.get("first_seen_at")) or _dt(d.get("first_purchase_at")) or last
+        self.rows[key] = Row(
+            partition, d["customer_id"], float(d.get("churn_risk", 0.0)),
+            bool(d.get("high_value", False)), str(d.get("value_tier", "C")), revenue,
+            _ts(first), d.get("lapsed_at") is not None, lapses,
+            (seg.get("tier"), seg.get("region"), seg.get("channel"), seg.get("product")),
+        )  # fmt: skip
+        scored = _dt(d.get("churn_as_of")) or last or wall
+        self.schedule(key, partition, (scored + timedelta(days=1)).timestamp())
+        return revenue
+
+    # -- reads -----------------------------------------------------------------------
+
+    def at_risk(self, limit: int, partitions: set[int] | None = None) -> list[Row]:
+        found = [r for r in self.rows.values() if r.high_value and r.risk > 0
+                 and (partitions is None or r.partition in partitions)]  # fmt: skip
+        found.sort(key=lambda r: (-r.risk, r.customer_id))
+        return found[:limit]
+
+    def counts(self) -> tuple[Counter[str], Counter[str], int]:
+        tiers: Counter[str] = Counter()
+        risks: Counter[str] = Counter()
+        lapsed = 0
+        for r in self.rows.values():
+            tiers[r.tier] += 1
+            risks[risk_bucket(r.risk)] += 1
+            lapsed += r.lapsed
+        return tiers, risks, lapsed
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows.values())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _dt(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    at = datetime.fromisoformat(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
