@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="local Kafka + worker + simulated traffic, live view")
     sub.add_parser("simulate", help="publish realistic synthetic traffic")
     sub.add_parser("alerts", help="`alerts tail`: follow the alert topic")
+    sub.add_parser("backtest", help="measure churn_risk against known outcomes (AUC, calibration)")
+    sub.add_parser("churn", help="`churn report`: churn rate and loss per period, from a worker")
     return parser
 
 
@@ -132,11 +134,25 @@ def _alerts(argv: list[str]) -> int:
     return alerts_main(argv)
 
 
+def _backtest(argv: list[str]) -> int:
+    from app.analysis.cli import main as backtest_main
+
+    return backtest_main(argv)
+
+
+def _churn(argv: list[str]) -> int:
+    from app.churn_report import main as churn_main
+
+    return churn_main(argv)
+
+
 # Sub-commands with their own argument parsing.
 _EXTRA: dict[str, Callable[[list[str]], int]] = {
     "demo": _demo,
     "simulate": _simulate,
     "alerts": _alerts,
+    "backtest": _backtest,
+    "churn": _churn,
 }
 
 if __name__ == "__main__":

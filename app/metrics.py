@@ -31,6 +31,16 @@ class ServiceMetrics:
     consumer_lag: Gauge
     table_keys: Gauge
     segment_responses: Gauge
+    lapsed: Gauge
+    lapses: Counter
+    won_back: Counter
+    swept: Counter
+    sweep_pending: Gauge
+    churn_rate: Gauge
+    churn_lost: Gauge
+    churn_revenue_lost: Gauge
+    churn_safety_line: Gauge
+    churn_above_line: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ServiceMetrics:
@@ -124,6 +134,53 @@ class ServiceMetrics:
                 "Keys in this worker's copy of a table",
                 ["table"],
                 registry=reg,
+            ),  # fmt: skip
+            lapsed=Gauge(
+                "feedback_customers_lapsed",
+                "Customers now lapsed (P(alive) below the lapse setting), this worker",
+                registry=reg,
+            ),  # fmt: skip
+            lapses=Counter(
+                "feedback_lapses", "Customers that lapsed (P(alive) fell below the setting)",
+                registry=reg,
+            ),  # fmt: skip
+            won_back=Counter(
+                "feedback_won_back", "Lapsed customers who bought again", registry=reg
+            ),
+            swept=Counter(
+                "feedback_sweep_rescored",
+                "Customers re-scored because stream time moved on (not because of an event)",
+                registry=reg,
+            ),  # fmt: skip
+            sweep_pending=Gauge(
+                "feedback_sweep_scheduled_customers",
+                "Customers with a scheduled re-score, this worker",
+                registry=reg,
+            ),  # fmt: skip
+            churn_rate=Gauge(
+                "feedback_churn_rate",
+                "Churn rate of a period (lost = lapsed in it); convention end = lost / "
+                "customers_at_end (the source's), start = lost / customers_at_start",
+                ["period", "which", "group", "convention"],
+                registry=reg,
+            ),  # fmt: skip
+            churn_lost=Gauge(
+                "feedback_churn_lost_customers", "Customers lost (lapsed) in the period",
+                ["period", "which", "group"], registry=reg,
+            ),  # fmt: skip
+            churn_revenue_lost=Gauge(
+                "feedback_churn_revenue_lost", "Trailing revenue of the customers lost in the "
+                "period (base currency)", ["period", "which", "group"], registry=reg,
+            ),  # fmt: skip
+            churn_safety_line=Gauge(
+                "feedback_churn_safety_line",
+                "Highest acceptable churn rate for the period (from the annual setting)",
+                ["period", "which", "group"], registry=reg,
+            ),  # fmt: skip
+            churn_above_line=Gauge(
+                "feedback_churn_above_safety_line",
+                "1 when the period's churn rate is above the safety line (a warning)",
+                ["period", "which", "group"], registry=reg,
             ),  # fmt: skip
             event_time_lag=Histogram(
                 "feedback_event_time_lag_seconds",

@@ -6,6 +6,7 @@ environment itself, so tests inject their own values.
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -14,7 +15,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.domain.churn import ChurnModel, load_model
 from app.errors import ConfigError
+
+
+@functools.lru_cache(maxsize=8)
+def _load_model(path: Path | None) -> ChurnModel:
+    return load_model(path)
 
 DEFAULT_FX_RATES: dict[str, Decimal] = {
     "EUR": Decimal("1"),
@@ -74,6 +81,37 @@ class Settings(BaseSettings):
     commit_interval: float = Field(3.0, gt=0, le=60)
     state_cache_size: int = Field(50_000, ge=0)
     session_timeout: float = Field(30.0, ge=6, le=300)
+
+    churn_model_file: Path | None = None
+    lapse_p_alive: float = Field(0.3, gt=0.0, lt=1.0)
+    churn_refit_interval: float = Field(600.0, ge=5.0)
+    sweep_batch_limit: int = Field(5000, ge=1)
+    churn_margin: Decimal = Field(Decimal("0.05"), ge=0, le=1)
+    churn_safety_line: dict[str, float] = Field(
+        default_factory=lambda: {"overall": 0.25, "A": 0.10, "B": 0.20, "C": 0.30}
+    )
+
+    @field_validator("churn_safety_line")
+    @classmethod
+    def _lines(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, rate in value.items():
+            if key not in ("overall", "A", "B", "C") or not 0 < rate < 1:
+                raise ValueError(f"{key}={rate}: keys overall, A, B, C; annual rates in (0, 1)")
+        return value
+
+    @field_validator("churn_model_file")
+    @classmethod
+    def _model_loads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                _load_model(value)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"cannot load churn model {value}: {exc}") from None
+        return value
+
+    def churn_model(self) -> ChurnModel:
+        """The churn model: the file in FEEDBACK_CHURN_MODEL_FILE, or the shipped default."""
+        return _load_model(self.churn_model_file)
 
     @field_validator("broker")
     @classmethod

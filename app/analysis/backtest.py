@@ -11,8 +11,9 @@ precision and lift in the top 10%, and a calibration table:
 
 The base at a cutoff is every customer with an event in the 180 days before it.
 
-- ``gone_by_horizon`` (what ``churn_risk`` claims): among the base who is no longer a customer ``horizon`` later (including those
-  already gone silently, whom nothing has told us about yet).
+- ``gone_by_horizon`` (what ``churn_risk`` claims): among the base, who is no
+  longer a customer ``horizon`` later (including those already gone silently,
+  whom nothing has told us about yet).
 - ``future_only``: among the base still customers at the cutoff, who leaves
   within the horizon (the harder forecast).
 - ``already_gone``: among the base, who has already left.

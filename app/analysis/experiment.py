@@ -51,8 +51,7 @@ def simulate(seed: int, customers: int, cutoff_days: Sequence[int], horizon_days
         if at > end:
             break
         lines.append(ev.value)
-    truth = {r["customer_id"]: (datetime.fromisoformat(r["churned_at"]) if r["churned_at"] else None)
-             for r in sim.ground_truth(end)}  # fmt: skip
+    truth = {r["customer_id"]: _at(r["churned_at"]) for r in sim.ground_truth(end)}
     return History(seed, lines, truth, oracle, cutoffs)
 
 
@@ -97,3 +96,7 @@ def evaluate(histories: Sequence[History], model: ChurnModel, horizon_days: int
     result["gone_by_horizon"]["oracle"] = {
         "auc": backtest.auc(np.asarray(oracle_scores), np.asarray(oracle_labels))}
     return result
+
+
+def _at(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None

@@ -118,7 +118,7 @@ def _high_value(
 
 
 def _alert(
-    state: CustomerState, trigger: str, score: int, at: datetime,
+    state: CustomerState, trigger: str, score: int | None, at: datetime,
     previous_band: Band | None, previous_score: int | None, revenue: Decimal,
     tier: value.Tier, policy: Policy, now: datetime, rule: AlertRule = "detractor",
     version: int = DETRACTOR_RULE_VERSION, stream_now: datetime | None = None,

@@ -170,9 +170,10 @@ def summary(purchases: Sequence[tuple[datetime, float]], as_of: datetime
     days = sorted({p.date() for p, amount in purchases if amount > 0 and p <= as_of})
     if not days:
         return None
-    first = min(p for p, amount in purchases if amount > 0 and p <= as_of)
-    last = max(p for p, amount in purchases if amount > 0 and p <= as_of)
-    return len(days) - 1, (last - first).total_seconds() / DAY, (as_of - first).total_seconds() / DAY
+    times = [p for p, amount in purchases if amount > 0 and p <= as_of]
+    first, last = min(times), max(times)
+    age = (as_of - first).total_seconds() / DAY
+    return len(days) - 1, (last - first).total_seconds() / DAY, age
 
 
 def features(inp: ChurnInputs, as_of: datetime, rhythm: Rhythm) -> dict[str, float]:
@@ -286,7 +287,7 @@ def period_churn(at_start: int, at_end: int, new: int, divide_by: str = "end") -
     ``divide_by="start"`` gives the more common lost / customers_at_start.
 
     >>> period_churn(3000, 3300, 500)
-    PeriodChurn(lost=200, rate=0.0606060606060606, convention='end')
+    PeriodChurn(lost=200, rate=0.06060606060606061, convention='end')
     """
     lost = at_start - (at_end - new)
     denominator = at_end if divide_by == "end" else at_start

@@ -102,7 +102,7 @@ class Alert(_Contract):
     customer_id: Id
     trigger_event_id: Id
     score: int | None = Field(
-        ge=0, le=10, description="The triggering answer (detractor) or the latest one; null if none."
+        ge=0, le=10, description="The triggering answer (detractor), else the latest; null if none."
     )
     previous_band: Literal["promoter", "passive"] | None
     previous_score: int | None

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from app.settings import load_settings
-from app.simulate.publish import SimOptions, publish
+from app.simulate.publish import SimOptions, publish, write_file
 
 
 def main(argv: list[str]) -> int:
@@ -25,7 +25,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--truth", default="ground_truth.jsonl",
                    help="where to write who churned when and why (JSON lines)")  # fmt: skip
+    p.add_argument("--out", default=None,
+                   help="write the records to this file (JSON lines, arrival order) instead of "
+                        "publishing; no broker needed")  # fmt: skip
+    p.add_argument("--days", type=float, default=None,
+                   help="with --out: stop after this many simulated days")  # fmt: skip
     args = p.parse_args(argv)
+    if args.out is not None:
+        if args.events is None and args.days is None:
+            p.error("with --out give --events N or --days N")
+        opts = SimOptions(customers=args.customers, seed=args.seed, events=args.events,
+                          days_back=args.days_back, truth=Path(args.truth),
+                          run_id=f"sim{args.seed}")  # fmt: skip
+        counts = write_file(opts, Path(args.out), args.days)
+        for key, n in sorted(counts.items()):
+            print(f"{key}\t{n}")
+        print(f"events\t{args.out}\nground truth\t{args.truth}")
+        return 0
     if args.events is None and args.duration is None:
         p.error("give --events N or --duration SECONDS")
     settings = load_settings()

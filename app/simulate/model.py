@@ -337,7 +337,7 @@ class Simulation:
 
     def _satisfaction(self, c: SimCustomer, at: datetime) -> float:
         days = max(0.0, (at - c.satisfaction_at).total_seconds() / 86400)
-        decay = 0.5 ** (days / self.mix.recovery_days)
+        decay: float = 0.5 ** (days / self.mix.recovery_days)
         return c.baseline + (c.satisfaction - c.baseline) * decay
 
     def _hurt(self, c: SimCustomer, at: datetime, drop: float) -> None:

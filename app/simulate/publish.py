@@ -64,13 +64,15 @@ async def publish(
             # Pace by rate and by simulated-time speed, whichever is slower.
             due = max(
                 sent / opts.rate if opts.rate > 0 else 0.0,
-                (ev.occurred_at - start).total_seconds() / opts.speed if opts.speed > 0 else 0.0,
+                ((ev.emitted_at or ev.occurred_at) - start).total_seconds() / opts.speed
+                if opts.speed > 0
+                else 0.0,
             )
             if due > elapsed:
                 await asyncio.sleep(min(due - elapsed, 1.0))
             pending.append(await producer.send(topics[ev.kind], ev.value, key=ev.key))
             sent += 1
-            last_at = max(last_at, ev.occurred_at)
+            last_at = max(last_at, ev.emitted_at or ev.occurred_at)
             counts[ev.kind] += 1
             counts[f"fault:{ev.fault}"] += 1 if ev.fault else 0
             if len(pending) >= 500:
@@ -93,3 +95,38 @@ async def publish(
     counts["total"] = sent
     counts["sim_days"] = int((last_at - start).total_seconds() // 86400)
     return +counts
+
+
+def write_file(opts: SimOptions, out: Path, days: float | None) -> Counter[str]:
+    """Write the records ``publish`` would send, one per line in arrival order, and the truth.
+
+    The simulation starts ``days_back`` days before now (as when publishing);
+    it stops after ``events`` records or ``days`` simulated days. Malformed
+    records are written as they would be published (they may not be UTF-8).
+    """
+    start = datetime.now(UTC) - timedelta(days=opts.days_back)
+    sim = Simulation(opts.customers, opts.seed, start, run_id=opts.run_id)
+    end = start + timedelta(days=days) if days is not None else None
+    counts: Counter[str] = Counter()
+    last_at = start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as fh:
+        for ev in sim.events():
+            at = ev.emitted_at or ev.occurred_at
+            if opts.events is not None and counts["total"] >= opts.events:
+                break
+            if end is not None and at > end:
+                break
+            fh.write(ev.value + b"\n")
+            last_at = max(last_at, at)
+            counts["total"] += 1
+            counts[ev.kind] += 1
+            if ev.fault:
+                counts[f"fault:{ev.fault}"] += 1
+    if opts.truth is not None:
+        opts.truth.parent.mkdir(parents=True, exist_ok=True)
+        with opts.truth.open("w") as tf:
+            for row in sim.ground_truth(last_at):
+                tf.write(json.dumps(row) + "\n")
+    counts["sim_days"] = int((last_at - start).total_seconds() // 86400)
+    return counts

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from app.metrics import ServiceMetrics
 from app.settings import Settings
+from app.streams.churnkpis import KPI_INTERVAL
 from app.streams.processor import BatchProcessor
 from app.streams.summaries import PartitionSummaries
 from app.streams.tables import (
@@ -136,6 +137,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.timer(interval=15.0)  # type: ignore[untyped-decorator]
     async def refresh_gauges() -> None:
         processor.refresh_gauges()
+
+    @app.timer(interval=KPI_INTERVAL, on_leader=False)  # type: ignore[untyped-decorator]
+    async def refresh_churn_kpis() -> None:
+        processor.refresh_churn_kpis()
 
     from app.web.views import register
 

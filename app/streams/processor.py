@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Sequence
@@ -22,22 +21,41 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from app.analysis.fit import fit_mbgnbd
 from app.domain import segments, value
-from app.domain.alerts import Snapshot, evaluate
-from app.domain.customer import CustomerState, Outcome, Policy, fold, refresh
+from app.domain.alerts import Snapshot, evaluate, evaluate_time
+from app.domain.churn import ChurnModel
+from app.domain.churn_kpi import Period
+from app.domain.customer import (
+    CustomerState,
+    Outcome,
+    Policy,
+    fold,
+    iso,
+    next_check,
+    public_view,
+    refresh,
+)
 from app.domain.events import Alert, Purchase, SurveyResponse, decode_event, encode
 from app.errors import InvalidEventError
 from app.metrics import ServiceMetrics
 from app.settings import Settings
+from app.streams.churnkpis import ChurnKpis
+from app.streams.readmodel import RISK_BUCKETS, ReadModel, risk_bucket
 from app.streams.summaries import PartitionSummaries, weighted
 from app.streams.tables import bind_event, key_partition
 
 log = logging.getLogger(__name__)
 
 
-def policy_from(settings: Settings, cutoffs: value.RevenueCutoffs | None = None) -> Policy:
+def policy_from(
+    settings: Settings, cutoffs: value.RevenueCutoffs | None = None,
+    model: ChurnModel | None = None,
+) -> Policy:  # fmt: skip
     """The domain policy the settings describe."""
     return Policy(
+        churn_model=model or settings.churn_model(),
+        lapse_p_alive=settings.lapse_p_alive,
         base_currency=settings.base_currency,
         fx_rates=dict(settings.fx_rates),
         value_policy=value.ValuePolicy(
@@ -82,7 +100,10 @@ class BatchProcessor:
         self.alerts_topic = alerts
         self.deadletter_topic = deadletter
         # Derived from the revenue figures of all partitions; a cache, not state.
-        self.policy = policy_from(settings)
+        self.model = settings.churn_model()
+        self.policy = policy_from(settings, model=self.model)
+        self._rhythm_at = 0.0
+        self._rhythm_fitting = False
         self._known_topics: set[str] = set()
         self._partition_counts: dict[str, int] = {}
         self._positions: dict[tuple[str, int], int] = {}
@@ -94,6 +115,9 @@ class BatchProcessor:
         self._revenues_dirty = False
         self._cutoffs_at = 0.0
         self._cache: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
+        self.readmodel = ReadModel()
+        self.kpis = ChurnKpis(settings, metrics, self.readmodel, summaries)
+        self._seeded: set[int] = set()
 
     def _load(self, key: bytes) -> CustomerState | None:
         """Read a customer, reusing the parsed state when the stored bytes are unchanged.
@@ -137,6 +161,7 @@ class BatchProcessor:
         sends: list[Awaitable[Any]] = []
         outcomes: Counter[tuple[str, str]] = Counter()
         tallies: dict[bytes, list[int]] = {}
+        swept = 0
         await self._ensure_metadata(
             [
                 *self.settings.input_topics,
@@ -174,6 +199,7 @@ class BatchProcessor:
                     )
                 work[key] = state
             before = Snapshot.of(state)
+            won_back = state.won_back
             try:
                 outcome = fold(state, event, policy)
             except InvalidEventError as exc:
@@ -183,7 +209,10 @@ class BatchProcessor:
             if isinstance(event, Purchase) or key not in mirror:
                 mirror[key] = float(state.revenue_at(state.last_event_at or now))
                 self._revenues_dirty = True
+            if state.won_back > won_back:
+                self.metrics.won_back.inc()
             last_event[key] = event
+            self.readmodel.advance(msg.partition, event.occurred_at, now)
             outcomes[(event.event_type, outcome.value)] += 1
             if isinstance(event, SurveyResponse) and outcome is not Outcome.DUPLICATE:
                 day = event.occurred_at.astimezone(UTC).date()
@@ -208,6 +237,28 @@ class BatchProcessor:
                 state = work[key]
                 for alert in evaluate(Snapshot.of(state), state, last_event[key], policy, now):
                     alerts.append((alert, carrier[key].message.timestamp))
+        # The sweep: customers whose risk can have changed because stream time moved on.
+        for part, ev in by_partition.items():
+            if part not in self._seeded:
+                continue
+            for key in self.readmodel.take_due(part, self.settings.sweep_batch_limit):
+                if key in work:
+                    continue
+                bind_event(ev)
+                state = self._load(key)
+                if state is not None:
+                    work[key], carrier[key] = state, ev
+                    swept += 1
+        # Every touched customer as of now, and the alerts that time raises.
+        for key, state in work.items():
+            msg = carrier[key].message
+            stream_now = self.readmodel.stream_time(msg.partition) or state.last_event_at or now
+            was_lapsed = state.lapsed_at is not None
+            refresh(state, policy, stream_now)
+            if state.lapsed_at is not None and not was_lapsed:
+                self.metrics.lapses.inc()
+            for alert in evaluate_time(state, policy, stream_now, now):
+                alerts.append((alert, msg.timestamp))
         # Alerts first and confirmed: the table write then records them as sent.
         if alerts:
             delivered = [
@@ -232,11 +283,13 @@ class BatchProcessor:
         # about 3x more per record; recovery reads the same changelog.)
         writes = []
         for key, state in work.items():
-            refresh(state, policy)
             raw = dump_state(state)
-            writes.append((key, raw, carrier[key].message.partition))
+            part = carrier[key].message.partition
+            writes.append((key, raw, part))
             self._remember(key, raw, state)
-            self._revenues.setdefault(writes[-1][2], {})[key] = float(state.trailing_revenue)
+            self._revenues.setdefault(part, {})[key] = float(state.trailing_revenue)
+            stream_now = state.churn_as_of or now
+            self.readmodel.record(key, part, state, next_check(state, policy, stream_now))
         # Dead letters and re-routed records are delivered with them, before the batch is
         # acked; a failure crashes the agent and the batch is replayed (harmless: event_id
         # dedup and the tally watermarks).
@@ -244,6 +297,8 @@ class BatchProcessor:
         for (event_type, result), n in outcomes.items():
             self.metrics.events.labels(event_type, result).inc(n)
         self.metrics.batch_size.observe(len(events))
+        if swept:
+            self.metrics.swept.inc(swept)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     async def _write(
@@ -327,8 +382,10 @@ class BatchProcessor:
             for p in set(self._revenues) - owned:
                 del self._revenues[p]
             self.summaries.forget(self._owned - owned)
+            self.readmodel.forget(self._owned - owned)
+            self._seeded -= self._owned - owned
             if recovered:
-                self._seed_revenues(owned - self._owned)
+                self._seed(owned - self._owned)
                 self._owned = owned
             else:
                 return
@@ -341,22 +398,49 @@ class BatchProcessor:
                         if k.startswith(f"{p}|")},
                 "revenues": weighted(list(self._revenues.get(p, {}).values())),
                 "customers": len(self._revenues.get(p, {})),
+                "churn": self.kpis.shared(p),
             }  # fmt: skip
             await self.summaries.publish(producer, p, summary)
         if self.settings.high_value_top_share > 0:
             self._recompute_cutoffs(force=True)
+        await self._refit_rhythm()
 
-    def _seed_revenues(self, partitions: set[int]) -> None:
-        """Read the trailing revenue of newly owned partitions' customers from the table."""
+    async def _refit_rhythm(self) -> None:
+        """Fit the MBG/NBD population parameters on this worker's customers, now and then.
+
+        In a thread (scipy releases the GIL for most of it) on at most 20,000
+        customers, every ``churn_refit_interval`` seconds; until the first fit
+        the shipped parameters are used.
+        """
+        due = time.monotonic() - self._rhythm_at >= self.settings.churn_refit_interval
+        if not due or self._rhythm_fitting or len(self.readmodel) < 200:
+            return
+        self._rhythm_fitting = True
+        try:
+            rfm = self.readmodel.rfm(20_000)
+            fitted = await asyncio.get_running_loop().run_in_executor(
+                None, fit_mbgnbd, rfm, self.model.rhythm
+            )
+        finally:
+            self._rhythm_fitting = False
+            self._rhythm_at = time.monotonic()
+        if fitted is not None:
+            self.model = self.model.with_rhythm(fitted)
+            self.policy = policy_from(self.settings, self.policy.cutoffs, self.model)
+            log.info("churn: MBG/NBD refitted on %d customers: %s", len(rfm), fitted)
+
+    def _seed(self, partitions: set[int]) -> None:
+        """Index newly owned partitions' customers: revenue mirror, read model, sweep schedule."""
         if not partitions:
             return
         n = self.settings.partitions
+        wall = datetime.now(UTC)
         for key, raw in self.customers.items():
             k = key if isinstance(key, bytes) else str(key).encode()
             p = key_partition(k, n)
             if p in partitions:
-                found = _REVENUE.search(raw)
-                self._revenues.setdefault(p, {})[k] = float(found.group(1)) if found else 0.0
+                self._revenues.setdefault(p, {})[k] = self.readmodel.seed(k, p, raw, wall)
+        self._seeded |= partitions
         self._revenues_dirty = True
 
     def _all_revenues(self) -> list[tuple[float, float]]:
@@ -376,7 +460,7 @@ class BatchProcessor:
         if not force and len(points) > 50_000 and now - self._cutoffs_at < 1.0:
             return self.policy
         cutoffs = value.cutoffs_from_weighted(points, self.settings.high_value_top_share)
-        self.policy = policy_from(self.settings, cutoffs)
+        self.policy = policy_from(self.settings, cutoffs, self.model)
         self._revenues_dirty = False
         self._cutoffs_at = now
         for tier, cut in (("A", cutoffs.a), ("B", cutoffs.b)):
@@ -385,27 +469,19 @@ class BatchProcessor:
         return self.policy
 
     def refresh_gauges(self) -> None:
-        """Table-wide gauges and consumer lag, sampled (not per event).
-
-        Tier and risk are read from the stored JSON with a regex rather than
-        a full parse, so a large table costs microseconds per customer.
-        """
-        tiers: Counter[str] = Counter()
-        risks: Counter[str] = Counter()
-        n = 0
-        for raw in self.customers.values():
-            n += 1
-            tier = _TIER.search(raw)
-            risk = _RISK.search(raw)
-            tiers[tier.group(1).decode() if tier else "C"] += 1
-            risks[risk_bucket(float(risk.group(1)) if risk else 0.0)] += 1
+        """Table-wide gauges (from the read model) and consumer lag, sampled (not per event)."""
+        tiers, risks, lapsed = self.readmodel.counts()
+        n = len(self.readmodel)
         self.metrics.customers.set(n)
+        self.metrics.lapsed.set(lapsed)
         self.metrics.table_keys.labels("customer_state_by_customer").set(n)
         self.metrics.table_keys.labels("nps_tally_by_partition").set(len(self.nps_tallies))
         for t in ("A", "B", "C"):
             self.metrics.customers_by_tier.labels(t).set(tiers[t])
         for bucket in RISK_BUCKETS:
             self.metrics.customers_by_risk.labels(bucket).set(risks[bucket])
+        pending = sum(self.readmodel.pending(p) for p in self._owned)
+        self.metrics.sweep_pending.set(pending)
         for tp in self.app.assignor.assigned_actives():
             if tp.topic not in self.settings.input_topics:
                 continue
@@ -441,27 +517,46 @@ class BatchProcessor:
         return out
 
     def at_risk(self, limit: int) -> list[dict[str, Any]]:
-        """This worker's high-value customers by churn risk, highest first."""
-        found = []
-        for key in list(self.customers.keys()):
-            state = self._load(key if isinstance(key, bytes) else str(key).encode())
-            if state is not None and state.high_value and state.churn_risk > 0:
-                found.append(state)
-        found.sort(key=lambda s: (-s.churn_risk, s.customer_id))
-        return [
-            {
-                "customer_id": s.customer_id,
-                "churn_risk": s.churn_risk,
-                "churn_reasons": s.churn_reasons,
-                "trailing_revenue": str(s.trailing_revenue),
-                "currency": s.currency,
-                "band": s.band,
-                "latest_score": s.score,
-                "open_complaints": s.open_complaints,
-                "value_tier": s.value_tier,
-            }  # fmt: skip
-            for s in found[:limit]
-        ]
+        """This worker's high-value customers by churn risk as of now, highest first."""
+        out = []
+        for row in self.readmodel.at_risk(limit, self._owned or None):
+            state = self._load(row.customer_id.encode())
+            if state is None:
+                continue
+            out.append({
+                "customer_id": state.customer_id,
+                "churn_risk": state.churn_risk,
+                "churn_reasons": state.churn_reasons,
+                "churn_as_of": iso(state.churn_as_of),
+                "p_alive": state.p_alive,
+                "lapsed": state.lapsed_at is not None,
+                "trailing_revenue": str(state.trailing_revenue),
+                "currency": state.currency,
+                "band": state.band,
+                "latest_score": state.score,
+                "open_complaints": state.open_complaints,
+                "value_tier": state.value_tier,
+            })  # fmt: skip
+        return out
+
+    def refresh_churn_kpis(self) -> None:
+        """Recount this worker's churn KPIs (shared with the next summaries) and set gauges."""
+        if self._owned and self._owned <= self._seeded:
+            self.kpis.recount(self._owned)
+            self.kpis.set_gauges(self._owned)
+
+    def churn_report(self, period: Period, group: str | None) -> dict[str, Any]:
+        """Churn per period over all workers' partitions (others as of their last summary)."""
+        return self.kpis.report(period, self._owned, group)
+
+    def customer_view(self, state: CustomerState) -> dict[str, Any]:
+        """One customer as of its partition's stream time (risk re-scored on read)."""
+        key = state.customer_id.encode()
+        part = key_partition(key, self.settings.partitions)
+        now = self.readmodel.stream_time(part)
+        if now is not None and (state.churn_as_of is None or now > state.churn_as_of):
+            refresh(state, self.policy, now)
+        return public_view(state, now, self.policy.churn_model.horizon_days)
 
     def refresh_segments(self) -> None:
         """NPS gauges per segment and window; drop tallies older than every window."""
@@ -490,12 +585,4 @@ def _text(key: bytes | str) -> str:
     return key.decode() if isinstance(key, bytes) else key
 
 
-RISK_BUCKETS = ("low", "medium", "high")
-_TIER = re.compile(rb'"value_tier":"([ABC])"')
-_RISK = re.compile(rb'"churn_risk":([0-9.eE+-]+)')
-_REVENUE = re.compile(rb'"trailing_revenue":"(-?[0-9.]+)"')
-
-
-def risk_bucket(risk: float) -> str:
-    """Low below 0.3, high from 0.6: the bands an operator acts on."""
-    return "low" if risk < 0.3 else "medium" if risk < 0.6 else "high"
+__all__ = ["RISK_BUCKETS", "BatchProcessor", "risk_bucket"]

@@ -48,6 +48,7 @@ class Row:
     lapsed: bool
     lapses: tuple[tuple[float, float, float | None], ...]  # (at, revenue, won back at)
     segment: tuple[str | None, str | None, str | None, str | None]  # tier, region, ch., product
+    rfm: tuple[int, float, float] | None  # MBG/NBD: repeat purchases, first and last (epoch s)
 
 
 def _ts(at: datetime | None) -> float:
@@ -85,6 +86,7 @@ class ReadModel:
             tuple((_ts(x.at), float(x.revenue), _ts(x.won_back_at) if x.won_back_at else None)
                   for x in state.lapses),
             (seg.tier, seg.region, seg.channel, seg.product) if seg else (None, None, None, None),
+            _rfm([(p.at, float(p.amount)) for p in state.purchases]),
         )  # fmt: skip
         self.schedule(key, partition, due.timestamp())
 
@@ -145,6 +147,8 @@ class ReadModel:
             bool(d.get("high_value", False)), str(d.get("value_tier", "C")), revenue,
             _ts(first), d.get("lapsed_at") is not None, lapses,
             (seg.get("tier"), seg.get("region"), seg.get("channel"), seg.get("product")),
+            _rfm([(at, float(p["amount"])) for p in d.get("purchases", [])
+                  if (at := _dt(p["at"])) is not None]),
         )  # fmt: skip
         scored = _dt(d.get("churn_as_of")) or last or wall
         self.schedule(key, partition, (scored + timedelta(days=1)).timestamp())
@@ -168,11 +172,34 @@ class ReadModel:
             lapsed += r.lapsed
         return tiers, risks, lapsed
 
+    def rfm(self, limit: int) -> list[tuple[int, float, float]]:
+        """MBG/NBD inputs (x, t_x, T in days) of up to ``limit`` customers, as of stream time."""
+        out = []
+        step = max(1, len(self.rows) // max(limit, 1))
+        for i, r in enumerate(self.rows.values()):
+            if r.rfm is None or i % step:
+                continue
+            now = self._clock.get(r.partition)
+            if now is None:
+                continue
+            x, first, last = r.rfm
+            end = now.timestamp()
+            out.append((x, (last - first) / 86400, max(end - first, 0.0) / 86400))
+        return out[:limit]
+
     def __iter__(self) -> Iterator[Row]:
         return iter(self.rows.values())
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def _rfm(purchases: list[tuple[datetime, float]]) -> tuple[int, float, float] | None:
+    buys = [at for at, amount in purchases if amount > 0]
+    if not buys:
+        return None
+    days = {at.date() for at in buys}
+    return len(days) - 1, min(buys).timestamp(), max(buys).timestamp()
 
 
 def _dt(text: str | None) -> datetime | None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.web import Request, Response, View
 
-from app.domain.customer import public_view
+from app.domain.churn_kpi import PERIODS
 from app.domain.segments import WINDOWS
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
             if state is None:
                 return self.json({"error": "unknown customer", "customer_id": customer_id},
                                  status=404)  # fmt: skip
-            return self.json(public_view(state))
+            return self.json(processor.customer_view(state))
 
     @app.page("/nps")
     class NpsView(View):
@@ -41,6 +41,16 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
                     status=400,
                 )
             return self.json(processor.segment_nps(window, segment))
+
+    @app.page("/churn")
+    class ChurnView(View):
+        async def get(self, request: Request) -> Response:
+            period = request.query.get("period", "month")
+            if period not in PERIODS:
+                return self.json({"error": f"period must be one of {list(PERIODS)}",
+                                  "period": period}, status=400)  # fmt: skip
+            group = request.query.get("segment")
+            return self.json(processor.churn_report(period, group))
 
     @app.page("/at-risk")
     class AtRiskView(View):

@@ -1,0 +1,110 @@
+"""Churn KPIs across workers: counted per owned partition, shared through the summaries topic.
+
+Counts per (period, group) are additive (app/domain/churn_kpi.py), so a
+report merges this worker's partitions (recounted from the read model every
+``KPI_INTERVAL`` seconds; a full pass over the rows, kept off the per-event
+path) with the other partitions' latest summaries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from app.domain import churn_kpi
+from app.domain.churn_kpi import PERIODS, Counts, Period
+from app.metrics import ServiceMetrics
+from app.settings import Settings
+from app.streams.readmodel import ReadModel
+from app.streams.summaries import PartitionSummaries
+
+KPI_INTERVAL = 30.0
+KPI_PERIODS = 5  # periods counted and shared: the current one and four before it
+GAUGE_GROUPS = ("overall", "tier:A", "tier:B", "tier:C")
+
+
+class ChurnKpis:
+    """This worker's partitions' churn counts, and reports that include everyone's."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, readmodel: ReadModel,
+                 summaries: PartitionSummaries) -> None:  # fmt: skip
+        self.settings = settings
+        self.metrics = metrics
+        self.readmodel = readmodel
+        self.summaries = summaries
+        self.local: dict[int, dict[Period, Counts]] = {}
+        self.as_of: datetime | None = None
+
+    def recount(self, owned: set[int]) -> None:
+        """Count the owned partitions' customers for every period kind."""
+        clocks = [t for p in owned if (t := self.readmodel.stream_time(p)) is not None]
+        if not clocks:
+            self.local = {}
+            return
+        self.as_of = max(clocks)
+        rows: dict[int, list[Any]] = defaultdict(list)
+        for row in self.readmodel:
+            if row.partition in owned:
+                rows[row.partition].append(row)
+        self.local = {p: {k: churn_kpi.count(rows.get(p, []), k, self.as_of, KPI_PERIODS)
+                          for k in PERIODS} for p in owned}  # fmt: skip
+
+    def shared(self, partition: int) -> dict[str, dict[str, list[float]]]:
+        """The partition's counts in the summary's JSON form."""
+        kinds = self.local.get(partition, {})
+        return {kind: {f"{label}|{group}": row for (label, group), row in counts.items()}
+                for kind, counts in kinds.items()}  # fmt: skip
+
+    def counts(self, kind: Period, owned: set[int]) -> Counts:
+        parts: list[Counts] = [self.local[p][kind] for p in owned if p in self.local]
+        for p, summary in self.summaries.remote.items():
+            if p in owned:
+                continue
+            shared = summary.get("churn", {}).get(kind, {})
+            parts.append({_key(k): v for k, v in shared.items()})
+        return churn_kpi.merge(parts)
+
+    def report(self, kind: Period, owned: set[int], group: str | None = None,
+               periods: int = KPI_PERIODS) -> dict[str, Any]:  # fmt: skip
+        rows = []
+        if self.as_of is not None:
+            rows = churn_kpi.report(
+                self.counts(kind, owned), kind, self.as_of, min(periods, KPI_PERIODS),
+                self.settings.churn_margin, self.settings.churn_safety_line, group,
+            )  # fmt: skip
+        return {
+            "period": kind, "as_of": self.as_of.isoformat() if self.as_of else None,
+            "margin": str(self.settings.churn_margin),
+            "safety_line_annual": dict(self.settings.churn_safety_line),
+            "lost_means": "lapsed within the period (P(alive) fell below "
+                          f"{self.settings.lapse_p_alive})",
+            "rows": [r.as_dict() for r in rows],
+        }  # fmt: skip
+
+    def set_gauges(self, owned: set[int]) -> None:
+        if self.as_of is None:
+            return
+        for kind in ("month", "quarter"):
+            rows = churn_kpi.report(
+                self.counts(kind, owned), kind, self.as_of, 2, self.settings.churn_margin,
+                self.settings.churn_safety_line,
+            )  # fmt: skip
+            for r in rows:
+                if r.group not in GAUGE_GROUPS:
+                    continue
+                which = "current" if r is rows[-1] or r.period == rows[-1].period else "previous"
+                labels = (kind, which, r.group)
+                self.metrics.churn_rate.labels(*labels, "end").set(r.churn_rate or 0.0)
+                self.metrics.churn_rate.labels(*labels, "start").set(r.churn_rate_start or 0.0)
+                self.metrics.churn_lost.labels(*labels).set(r.lost)
+                self.metrics.churn_revenue_lost.labels(*labels).set(float(r.revenue_lost))
+                if r.safety_line is not None:
+                    self.metrics.churn_safety_line.labels(kind, which, r.group).set(r.safety_line)
+                    self.metrics.churn_above_line.labels(kind, which, r.group).set(
+                        1 if r.above_safety_line else 0)  # fmt: skip
+
+
+def _key(text: str) -> tuple[str, str]:
+    label, _, group = text.partition("|")
+    return label, group
