@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     session_timeout: float = Field(30.0, ge=6, le=300)
 
     churn_model_file: Path | None = None
-    lapse_p_alive: float = Field(0.3, gt=0.0, lt=1.0)
+    lapse_p_alive: float = Field(0.5, gt=0.0, lt=1.0)
     churn_refit_interval: float = Field(600.0, ge=5.0)
     sweep_batch_limit: int = Field(5000, ge=1)
     churn_margin: Decimal = Field(Decimal("0.05"), ge=0, le=1)

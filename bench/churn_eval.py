@@ -86,7 +86,8 @@ def render(r: dict[str, Any]) -> str:
            "", "| question | n | base rate | AUC | recency AUC | P(alive) AUC | oracle AUC "
            "| Brier | Brier of base rate | precision top 10% | lift top 10% |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for q, v in r["questions"].items():
+    for q in ("gone_by_horizon", "future_only", "already_gone"):
+        v = r["questions"][q]
         m = v["model"]
         oracle = v.get("oracle", {}).get("auc")
         out.append(
@@ -95,6 +96,13 @@ def render(r: dict[str, Any]) -> str:
             f"{'-' if oracle is None else f'{oracle:.3f}'} | {m['brier']:.4f} | "
             f"{m['brier_base_rate']:.4f} | {m['precision_top10']:.3f} | {m['lift_top10']:.2f} |"
         )
+    out += ["", "already_gone ranked by the model's P(alive) instead of churn_risk: AUC "
+            f"{r['questions']['already_gone']['model_p_alive']['auc']:.3f}", "",
+            "Lapse (the model's P(alive) below a threshold) against the already gone:", "",
+            "| P(alive) below | flagged | precision | recall |", "|---|---|---|---|"]
+    for row in r["questions"]["lapse"]:
+        out.append(f"| {row['p_alive_below']} | {row['flagged']} | {row['precision']:.3f} | "
+                   f"{row['recall']:.3f} |")
     out += ["", "Calibration (gone_by_horizon, deciles of predicted risk):", "",
             "| n | predicted | observed |", "|---|---|---|"]  # fmt: skip
     for row in r["questions"]["gone_by_horizon"]["model"]["calibration"]:

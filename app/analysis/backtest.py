@@ -127,7 +127,8 @@ class Scored:
     cutoff: datetime
     customers: list[str]
     risk: np.ndarray
-    p_alive: np.ndarray
+    p_alive: np.ndarray  # MBG/NBD alone (the baseline)
+    alive: np.ndarray  # the model's calibrated P(alive), which decides lapse
     recency_days: np.ndarray
     features: list[dict[str, float]]
     labels: dict[str, np.ndarray]
@@ -149,13 +150,15 @@ def score(snap: Snapshot, truth: Mapping[str, datetime | None], model: churn.Chu
     rhythm = (fit_mbgnbd(rfm, model.rhythm) if fit_rhythm else None) or model.rhythm
     fitted = model.with_rhythm(rhythm)
     ids = sorted(c for c in snap.inputs if snap.last_event[c] > since)
-    risk, alive, recency, feats = [], [], [], []
+    risk, alive, mbg, recency, feats = [], [], [], [], []
     gone_h, gone_now = [], []
     for cid in ids:
         inp = snap.inputs[cid]
         a = churn.assess(inp, cutoff, fitted)
         risk.append(a.risk)
         alive.append(a.p_alive)
+        rfm_one = churn.summary(inp.purchases, cutoff)
+        mbg.append(rhythm.p_alive(*rfm_one) if rfm_one else 1.0)
         feats.append(churn.features(inp, cutoff, rhythm))
         buys = [t for t, amount in inp.purchases if amount > 0 and t <= cutoff]
         last = buys[-1] if buys else snap.last_event[cid]
@@ -166,7 +169,8 @@ def score(snap: Snapshot, truth: Mapping[str, datetime | None], model: churn.Chu
     gh, gn = np.asarray(gone_h), np.asarray(gone_now)
     everyone = np.ones(len(ids), dtype=bool)
     return Scored(
-        cutoff, ids, np.asarray(risk), np.asarray(alive), np.asarray(recency), feats,
+        cutoff, ids, np.asarray(risk), np.asarray(mbg), np.asarray(alive), np.asarray(recency),
+        feats,
         labels={"gone_by_horizon": gh, "future_only": gh, "already_gone": gn},
         masks={"gone_by_horizon": everyone, "future_only": ~gn, "already_gone": everyone},
         rhythm=rhythm,
@@ -210,9 +214,25 @@ def summarize(pred: np.ndarray, labels: np.ndarray, top: float = 0.1) -> dict[st
     }  # fmt: skip
 
 
-def evaluate(scored: Sequence[Scored]) -> dict[str, dict[str, Any]]:
+def lapse_table(scored: Sequence[Scored], thresholds: Sequence[float] = (0.3, 0.5, 0.7)
+                ) -> list[dict[str, float]]:  # fmt: skip
+    """How well "lapsed" (the model's P(alive) below a threshold) finds the already gone."""
+    alive = np.concatenate([s.alive for s in scored]) if scored else np.zeros(0)
+    gone = (np.concatenate([s.labels["already_gone"] for s in scored]) if scored
+            else np.zeros(0, dtype=bool))  # fmt: skip
+    rows = []
+    for q in thresholds:
+        flag = alive < q
+        tp = int((flag & gone).sum())
+        rows.append({"p_alive_below": q, "flagged": int(flag.sum()),
+                     "already_gone": int(gone.sum()), "precision": tp / max(int(flag.sum()), 1),
+                     "recall": tp / max(int(gone.sum()), 1)})  # fmt: skip
+    return rows
+
+
+def evaluate(scored: Sequence[Scored]) -> dict[str, Any]:
     """Every question, pooled over the cutoffs, for the model and the two baselines."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
     for q in QUESTIONS:
         parts = [(s.risk[s.masks[q]], 1 - s.p_alive[s.masks[q]], s.recency_days[s.masks[q]],
                   s.labels[q][s.masks[q]]) for s in scored]  # fmt: skip
@@ -225,6 +245,11 @@ def evaluate(scored: Sequence[Scored]) -> dict[str, dict[str, Any]]:
             "p_alive": {"auc": auc(p_dead, labels)},
             "recency": {"auc": auc(recency, labels)},
         }
+    out["already_gone"]["model_p_alive"] = {
+        "auc": auc(1 - np.concatenate([s.alive[s.masks["already_gone"]] for s in scored]),
+                   np.concatenate([s.labels["already_gone"] for s in scored]))
+        if scored else None}  # fmt: skip
+    out["lapse"] = lapse_table(scored)
     return out
 
 
@@ -247,6 +272,13 @@ def report_text(result: Mapping[str, Any]) -> str:
             f"{_f(r['recency']['auc']):>8} {_f(r['p_alive']['auc']):>8} {_f(m['brier']):>7} "
             f"{_f(m['brier_base_rate']):>7} {m['precision_top10']:>8.3f} {_f(m['lift_top10']):>5}"
         )
+    lines.append("(ranked by churn_risk; already_gone ranked by the model's P(alive): AUC "
+                 f"{_f(result['questions']['already_gone']['model_p_alive']['auc'])})")
+    lines.append("")
+    lines.append("lapse (the model's P(alive) below a threshold) against the already gone:")
+    for row in result["questions"]["lapse"]:
+        lines.append(f"  P(alive) < {row['p_alive_below']}: {row['flagged']} flagged, "
+                     f"precision {row['precision']:.3f}, recall {row['recall']:.3f}")
     lines.append("")
     lines.append("calibration (gone_by_horizon, deciles of predicted risk):")
     lines.append(f"{'n':>7} {'predicted':>10} {'observed':>9}")

@@ -108,8 +108,9 @@ def main(argv: list[str]) -> int:
         train, test = (scored[:-1], scored[-1:]) if len(scored) > 1 else (scored, scored)
         rows = [f for s in train for f in s.features]
         labels = [bool(v) for s in train for v in s.labels["gone_by_horizon"]]
+        gone = [bool(v) for s in train for v in s.labels["already_gone"]]
         dates = ", ".join(s.cutoff.date().isoformat() for s in train)
-        model = fitted_model(rows, labels, horizon.days, train[-1].rhythm,
+        model = fitted_model(rows, labels, gone, horizon.days, train[-1].rhythm,
                              f"{args.events.name}, cutoffs {dates}")  # fmt: skip
         args.fit.write_text(json.dumps(model.to_dict(), indent=2) + "\n")
         scored = [backtest.score(s, truth, model, horizon) for s in snaps[-1:]]

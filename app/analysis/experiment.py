@@ -68,14 +68,16 @@ def fit(histories: Sequence[History], start: ChurnModel, horizon_days: int) -> C
     """Logistic weights fitted on the histories' gone-by-horizon labels, pooled over cutoffs."""
     rows: list[dict[str, float]] = []
     labels: list[bool] = []
+    gone: list[bool] = []
     rhythm = start.rhythm
     for h in histories:
         for s in scored(h, start, horizon_days):
             rows += s.features
             labels += list(s.labels["gone_by_horizon"])
+            gone += list(s.labels["already_gone"])
             rhythm = s.rhythm
     seeds = ",".join(str(h.seed) for h in histories)
-    return fitted_model(rows, labels, horizon_days, rhythm,
+    return fitted_model(rows, labels, gone, horizon_days, rhythm,
                         f"simulator seeds {seeds}, {len(rows)} customer-cutoffs, "
                         f"label: gone within {horizon_days} days")  # fmt: skip
 

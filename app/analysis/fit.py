@@ -15,7 +15,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import gammaln
 
-from app.domain.churn import FEATURES, ChurnModel, Rhythm
+from app.domain.churn import FEATURES, ChurnModel, Logistic, Rhythm
 
 MIN_CUSTOMERS = 50
 
@@ -87,9 +87,14 @@ def fit_logistic(
 
 
 def fitted_model(
-    rows: Sequence[Mapping[str, float]], labels: Sequence[bool], horizon_days: int,
-    rhythm: Rhythm, trained_on: str,
+    rows: Sequence[Mapping[str, float]], churned: Sequence[bool], gone: Sequence[bool],
+    horizon_days: int, rhythm: Rhythm, trained_on: str,
 ) -> ChurnModel:  # fmt: skip
-    intercept, weights = fit_logistic(rows, labels)
-    return ChurnModel(intercept=round(intercept, 4), weights=weights, horizon_days=horizon_days,
-                      rhythm=rhythm, trained_on=trained_on)  # fmt: skip
+    """Both fusions: gone within the horizon (``churned``) and already gone (``gone``)."""
+    churn_fit = fit_logistic(rows, churned)
+    gone_fit = fit_logistic(rows, gone)
+    return ChurnModel(
+        churn=Logistic(round(churn_fit[0], 4), churn_fit[1]),
+        gone=Logistic(round(gone_fit[0], 4), gone_fit[1]),
+        horizon_days=horizon_days, rhythm=rhythm, trained_on=trained_on,
+    )  # fmt: skip

@@ -97,11 +97,38 @@ class Rhythm:
 
 
 @dataclass(frozen=True)
-class ChurnModel:
-    """A fitted logistic fusion: weights per feature, horizon, and where it came from."""
+class Logistic:
+    """``P = 1 / (1 + exp(-(intercept + sum(w_i * x_i))))`` over FEATURES."""
 
     intercept: float
     weights: Mapping[str, float]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Logistic:
+        unknown = set(data.get("weights", {})) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown churn features {sorted(unknown)}")
+        return cls(float(data["intercept"]), {k: float(v) for k, v in data["weights"].items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"intercept": self.intercept, "weights": dict(self.weights)}
+
+    def log_odds(self, f: Mapping[str, float]) -> float:
+        return self.intercept + sum(self.weights.get(n, 0.0) * x for n, x in f.items())
+
+
+@dataclass(frozen=True)
+class ChurnModel:
+    """Two logistic fusions over the same features, the horizon, and where they came from.
+
+    ``churn`` gives P(gone within ``horizon_days``); ``gone`` gives P(already
+    gone), so ``P(alive) = 1 - P(gone)`` is calibrated on outcomes too. Without
+    ``gone`` (a model file from a user who fitted only the first),
+    P(alive) is the MBG/NBD one.
+    """
+
+    churn: Logistic
+    gone: Logistic | None = None
     horizon_days: int = 90
     rhythm: Rhythm = field(default_factory=Rhythm)
     reason_min: float = 0.15
@@ -109,12 +136,9 @@ class ChurnModel:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChurnModel:
-        unknown = set(data.get("weights", {})) - set(FEATURES)
-        if unknown:
-            raise ValueError(f"unknown churn features {sorted(unknown)}")
         return cls(
-            intercept=float(data["intercept"]),
-            weights={k: float(v) for k, v in data["weights"].items()},
+            churn=Logistic.from_dict(data["churn"]),
+            gone=Logistic.from_dict(data["gone"]) if data.get("gone") else None,
             horizon_days=int(data.get("horizon_days", 90)),
             rhythm=Rhythm(**data.get("rhythm", {})),
             reason_min=float(data.get("reason_min", 0.15)),
@@ -123,7 +147,8 @@ class ChurnModel:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "intercept": self.intercept, "weights": dict(self.weights),
+            "churn": self.churn.to_dict(),
+            "gone": self.gone.to_dict() if self.gone else None,
             "horizon_days": self.horizon_days, "reason_min": self.reason_min,
             "rhythm": {"r": self.rhythm.r, "alpha": self.rhythm.alpha,
                        "a": self.rhythm.a, "b": self.rhythm.b},
@@ -131,7 +156,7 @@ class ChurnModel:
         }  # fmt: skip
 
     def with_rhythm(self, rhythm: Rhythm) -> ChurnModel:
-        return ChurnModel(self.intercept, self.weights, self.horizon_days, rhythm,
+        return ChurnModel(self.churn, self.gone, self.horizon_days, rhythm,
                           self.reason_min, self.trained_on)  # fmt: skip
 
 
@@ -234,19 +259,24 @@ def assess(inp: ChurnInputs, as_of: datetime, model: ChurnModel) -> Assessment:
     when its features add at least ``reason_min`` to the log-odds.
     """
     f = features(inp, as_of, model.rhythm)
-    z = model.intercept
     strength: dict[str, float] = {}
     for name, x in f.items():
-        w = model.weights.get(name, 0.0)
-        z += w * x
+        w = model.churn.weights.get(name, 0.0)
         reason = FEATURES[name]
         if reason is not None and w * x > 0:
             strength[reason] = strength.get(reason, 0.0) + w * x
-    risk = 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
+    risk = _sigmoid(model.churn.log_odds(f))
     reasons = sorted((r for r, s in strength.items() if s >= model.reason_min),
                      key=lambda r: (-strength[r], r))  # fmt: skip
-    p_alive = 1.0 - _undropout(f["dropout"])
+    if model.gone is not None:
+        p_alive = 1.0 - _sigmoid(model.gone.log_odds(f))
+    else:
+        p_alive = 1.0 - _undropout(f["dropout"])
     return Assessment(round(risk, 6), reasons, round(p_alive, 6), as_of)
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-30.0, min(30.0, z))))
 
 
 def _dropout(p_alive: float) -> float:

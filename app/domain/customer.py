@@ -49,7 +49,7 @@ class Policy:
     realert_after: timedelta | None = None
     churn_model: churn.ChurnModel = field(default_factory=churn.load_model)
     # A customer whose P(alive) falls below this is lapsed (a lost customer for the KPIs).
-    lapse_p_alive: float = 0.3
+    lapse_p_alive: float = 0.5
 
 
 class Response(BaseModel):
@@ -405,11 +405,10 @@ def public_view(
 def next_check(state: CustomerState, policy: Policy, now: datetime) -> datetime:
     """When time alone next changes something about this customer, so the sweep looks again.
 
-    The earliest of: an open complaint reaching the 24 h reply standard, the
-    moment P(alive) crosses the lapse setting (MBG/NBD solved for the age at
-    which it does), and a regular look at half the customer's own purchase
-    gap (between 1 and 14 days; 30 days once lapsed) so the risk shown never
-    drifts far from the risk as of now.
+    The earliest of: an open complaint reaching the 24 h reply standard, and
+    a regular look at half the customer's own purchase gap (between 1 and 14
+    days; 30 days once lapsed), so the risk shown never drifts far from the
+    risk as of now and a lapse is seen within that step.
     """
     gap = state.typical_gap_days or policy.churn_model.rhythm.mean_gap_days
     step = timedelta(days=30) if state.lapsed_at else timedelta(days=min(14.0, max(1.0, gap / 2)))
@@ -419,31 +418,5 @@ def next_check(state: CustomerState, policy: Policy, now: datetime) -> datetime:
             breach = c.opened_at + complaints.REPLY_STANDARD + timedelta(seconds=1)
             if now < breach < due:
                 due = breach
-    if state.lapsed_at is None and state.last_purchase_at is not None:
-        crossing = lapse_time(state, policy)
-        if crossing is not None and now < crossing < due:
-            due = crossing
     return due
 
-
-def lapse_time(state: CustomerState, policy: Policy) -> datetime | None:
-    """When P(alive) falls below ``policy.lapse_p_alive`` if the customer buys nothing more.
-
-    MBG/NBD: P(alive) < q when ``(alpha + T) > (alpha + t_x) * (odds_q * (b + x) / a) **
-    (1 / (r + x))`` with ``odds_q = (1 - q) / q``.
-    """
-    rfm = churn.summary([(p.at, float(p.amount)) for p in state.purchases],
-                        state.last_event_at or datetime.max.replace(tzinfo=UTC))  # fmt: skip
-    if rfm is None:
-        return None
-    x, t_x, age = rfm
-    m = policy.churn_model.rhythm
-    q = policy.lapse_p_alive
-    if not 0 < q < 1:
-        return None
-    base = (1 - q) / q * (m.b + x) / m.a
-    if base <= 0:
-        return None
-    age_star = (m.alpha + t_x) * base ** (1 / (m.r + x)) - m.alpha
-    first = (state.last_event_at or datetime.max.replace(tzinfo=UTC)) - timedelta(days=age)
-    return first + timedelta(days=max(age_star, 0.0))
