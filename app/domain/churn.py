@@ -290,13 +290,28 @@ def _undropout(x: float) -> float:
 
 
 def _spend_decline(purchases: Iterable[tuple[datetime, float]], as_of: datetime) -> float:
+    """Share by which spend in the last 90 days fell against the 90 before.
+
+    When the 90 days before are empty too, the customer's average 90 days
+    before that is the reference, so a customer who stopped buying long ago
+    still shows the whole fall rather than none.
+    """
     window = timedelta(days=90)
-    recent = prior = 0.0
+    recent = prior = older = 0.0
+    first: datetime | None = None
     for at, amount in purchases:
-        if as_of - window < at <= as_of:
+        if at > as_of:
+            continue
+        first = at if first is None or at < first else first
+        if as_of - window < at:
             recent += amount
-        elif as_of - 2 * window < at <= as_of - window:
+        elif as_of - 2 * window < at:
             prior += amount
+        else:
+            older += amount
+    if prior <= 0 and first is not None and older > 0:
+        span = (as_of - 2 * window - first).total_seconds() / DAY
+        prior = older * 90 / max(span, 90.0)
     if prior <= 0:
         return 0.0
     return max(0.0, min(1.0, 1 - recent / prior))

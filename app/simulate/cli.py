@@ -20,8 +20,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--customers", type=int, default=2000)
     p.add_argument("--speed-days", type=float, default=1.0,
                    help="simulated days per real second (0 = no time pacing)")  # fmt: skip
-    p.add_argument("--days-back", type=float, default=365.0,
-                   help="simulated time starts this many days before now")  # fmt: skip
+    p.add_argument("--days-back", type=float, default=None,
+                   help="simulated time starts this many days before now (default 365; with "
+                        "--out --days: --days, so the history ends now)")  # fmt: skip
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--truth", default="ground_truth.jsonl",
                    help="where to write who churned when and why (JSON lines)")  # fmt: skip
@@ -34,8 +35,9 @@ def main(argv: list[str]) -> int:
     if args.out is not None:
         if args.events is None and args.days is None:
             p.error("with --out give --events N or --days N")
+        back = args.days_back if args.days_back is not None else (args.days or 365.0)
         opts = SimOptions(customers=args.customers, seed=args.seed, events=args.events,
-                          days_back=args.days_back, truth=Path(args.truth),
+                          days_back=back, truth=Path(args.truth),
                           run_id=f"sim{args.seed}")  # fmt: skip
         counts = write_file(opts, Path(args.out), args.days)
         for key, n in sorted(counts.items()):
@@ -47,8 +49,8 @@ def main(argv: list[str]) -> int:
     settings = load_settings()
     opts = SimOptions(customers=args.customers, seed=args.seed, rate=args.rate,
                       events=args.events, duration=args.duration, speed=args.speed_days * 86400,
-                      days_back=args.days_back, truth=Path(args.truth),
-                      run_id=f"sim{args.seed}")  # fmt: skip
+                      days_back=365.0 if args.days_back is None else args.days_back,
+                      truth=Path(args.truth), run_id=f"sim{args.seed}")  # fmt: skip
 
     def progress(sent: int, counts: Counter[str]) -> None:
         print(f"\rsent {sent:,} events (simulated day {counts.get('sim_days', 0)})",

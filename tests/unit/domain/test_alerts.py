@@ -1,16 +1,19 @@
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
-from app.domain.alerts import Snapshot, alert_id, evaluate
-from app.domain.customer import CustomerState, Policy, apply
-from app.domain.events import Alert, AnyEvent, SurveyResponse
+from app.domain.alerts import Snapshot, alert_id, evaluate, evaluate_time
+from app.domain.customer import CustomerState, Policy, apply, refresh
+from app.domain.events import Alert, AnyEvent
 from app.domain.value import ValuePolicy
 
-from .factory import complaint, purchase, survey
+from .factory import at, complaint, purchase, survey
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
+SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
 POLICY = Policy(value_policy=ValuePolicy(revenue_threshold=Decimal("1000"), top_share=0.0))
 
 
@@ -43,7 +46,7 @@ def test_high_value_promoter_turning_detractor_alerts_once_with_full_payload() -
     assert (a.score, a.previous_band, a.previous_score) == (3, "promoter", 9)
     assert a.trailing_revenue == Decimal("1500") and a.value_tier == "A"
     assert a.open_complaints == 1
-    assert a.churn_reasons[:2] == ["open_complaint", "detractor"]
+    assert "detractor" in a.churn_reasons and 0 < a.churn_risk < 1
     assert a.sla_due_at == trigger.occurred_at + timedelta(hours=24)
     assert a.occurred_at == trigger.occurred_at and a.emitted_at == NOW
     assert a.rolling_nps == -100.0
@@ -107,7 +110,11 @@ def test_alert_serialises_to_the_schema() -> None:
     _, alerts = run([purchase(5000, day=0), survey(1, day=1)])
     raw = alerts[0].model_dump_json()
     assert Alert.model_validate_json(raw) == alerts[0]
-    assert isinstance(survey(1), SurveyResponse)
+    schema = json.loads((SCHEMAS / "alert.v1.json").read_text())
+    body = json.loads(raw)
+    assert set(body) == set(schema["properties"]), "every field is in the published schema"
+    assert set(schema["required"]) <= set(body)
+    assert body["rule"] in schema["properties"]["rule"]["enum"]
 
 
 def test_late_purchase_before_the_survey_fires_the_pending_alert_once() -> None:
@@ -132,3 +139,53 @@ def test_same_alert_wherever_the_purchase_arrives_between_the_surveys(purchase_a
     _, alerts = run(events)
     assert [a.alert_id for a in alerts] == [alert_id("detractor", "c1", "b")]
     assert alerts[0].previous_band == "promoter" and alerts[0].trailing_revenue == 5000
+
+
+def timed(events: list[AnyEvent], then: datetime, policy: Policy = POLICY
+          ) -> tuple[CustomerState, list[Alert]]:  # fmt: skip
+    """Fold events, then let stream time reach ``then`` the way the sweep does."""
+    state, _ = run(events, policy)
+    refresh(state, policy, then)
+    return state, evaluate_time(state, policy, then, NOW)
+
+
+def test_complaint_past_the_reply_standard_alerts_once_for_high_value() -> None:
+    opened = complaint("k9", "opened", day=1, event_id="open-k9")
+    events: list[AnyEvent] = [purchase(5000, day=0), opened]
+    state, early = timed(events, at(2) - timedelta(hours=1))  # 23 h: within the standard
+    assert early == []
+    state, alerts = timed(events, at(2, hours=1))
+    assert [(a.rule, a.complaint_id, a.trigger_event_id) for a in alerts] == [
+        ("complaint_reply_overdue", "k9", "open-k9")]
+    a = alerts[0]
+    assert a.alert_id == alert_id("complaint_reply_overdue", "c1", "open-k9")
+    assert a.occurred_at == at(2) and a.sla_due_at == at(2)
+    assert state.sla_breaches == 1 and state.reply_overdue_alerted == ["k9"]
+    # Time passes further: the same complaint never alerts again.
+    assert evaluate_time(state, POLICY, at(9), NOW) == []
+
+
+def test_complaint_overdue_not_for_low_value_nor_when_resolved_in_time() -> None:
+    low = [purchase(50, day=0), complaint("k1", "opened", day=1)]
+    assert timed(low, at(5))[1] == []
+    fixed = [purchase(5000, day=0), complaint("k1", "opened", day=1),
+             complaint("k1", "resolved", day=1, hours=5)]  # fmt: skip
+    assert timed(fixed, at(5))[1] == []
+
+
+def test_silent_high_value_customer_alerts_once_per_lapse_and_rearms_when_won_back() -> None:
+    events: list[AnyEvent] = [purchase(2000, day=d, event_id=f"p{d}") for d in range(0, 200, 10)]
+    state, alerts = timed(events, at(200))
+    assert alerts == [] and state.lapsed_at is None, "10 days after the last purchase: alive"
+    state, alerts = timed(events, at(400))
+    assert state.lapsed_at == at(400) and state.p_alive is not None and state.p_alive < 0.5
+    assert [(a.rule, a.trigger_event_id) for a in alerts] == [("silent", "p190")]
+    assert alerts[0].alert_id == alert_id("silent", "c1", "p190")
+    assert alerts[0].p_alive == state.p_alive and alerts[0].occurred_at == at(400)
+    assert evaluate_time(state, POLICY, at(420), NOW) == [], "once per episode"
+    back, _ = apply(state, purchase(3000, day=421, event_id="p421"), POLICY)
+    assert back.lapsed_at is None and back.won_back == 1
+    assert back.lapses[-1].won_back_at == at(421)
+    refresh(back, POLICY, at(600))
+    again = evaluate_time(back, POLICY, at(600), NOW)
+    assert [a.trigger_event_id for a in again] == ["p421"], "a new silence is a new episode"

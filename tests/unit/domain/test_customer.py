@@ -1,11 +1,22 @@
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.domain.customer import CustomerState, Outcome, Policy, apply
+from app.domain import churn
+from app.domain.customer import (
+    CustomerState,
+    Outcome,
+    Policy,
+    apply,
+    churn_inputs,
+    fold,
+    next_check,
+    refresh,
+)
 from app.domain.events import AnyEvent
 from app.domain.value import RevenueCutoffs, ValuePolicy
 from app.errors import InvalidEventError
@@ -79,9 +90,15 @@ def test_trailing_revenue_365_days_with_refunds_and_fx() -> None:
 
 def test_unknown_currency_is_invalid_and_changes_nothing() -> None:
     before = run([purchase(10)])
+    snapshot = before.model_dump()
     with pytest.raises(InvalidEventError) as info:
         apply(before, purchase(10, currency="XYZ"), POLICY)
     assert info.value.reason == "unknown_currency"
+    assert before.model_dump() == snapshot
+    # fold() works in place: it must refuse before touching anything, too.
+    with pytest.raises(InvalidEventError):
+        fold(before, purchase(10, currency="XYZ"), POLICY)
+    assert before.model_dump() == snapshot
 
 
 def test_duplicate_event_id_has_no_effect() -> None:
@@ -137,7 +154,8 @@ def test_complaint_lifecycle_age_resolution_and_breach() -> None:
     assert k3.resolution_time() == timedelta(hours=4) and not k3.is_open
     assert k2.status == "escalated" and k2.is_open
     assert s.sla_breaches == 2  # k1 resolved late, k2 open for more than 24 h at day 2
-    assert s.churn_reasons[:2] == ["open_complaint", "slow_resolution"]
+    f = churn.features(churn_inputs(s), s.last_event_at, POLICY.churn_model.rhythm)  # type: ignore[arg-type]
+    assert (f["no_reply_24h"], f["slow_resolution"], f["quick_resolution"]) == (1.5, 1.0, 1.0)
 
 
 def test_inactivity_and_spend_decline_reasons() -> None:
@@ -146,6 +164,9 @@ def test_inactivity_and_spend_decline_reasons() -> None:
     s = run(events)
     assert s.typical_gap_days == pytest.approx(10)
     assert "inactive" in s.churn_reasons
+    assert "spend_decline" in s.churn_reasons  # nothing in days 210-300 against 610 before
+    steady = run([purchase(100, day=d) for d in range(0, 300, 10)])
+    assert "spend_decline" not in steady.churn_reasons and steady.churn_risk < s.churn_risk
 
 
 # Property: only the order within one timestamp matters; replaying a duplicate changes nothing.
@@ -202,4 +223,58 @@ def test_invariants(events: list[AnyEvent]) -> None:
     s = run(events)
     assert s.rolling_nps is None or -100 <= s.rolling_nps <= 100
     assert 0 <= s.churn_risk <= 1
-    assert at(0) <= s.last_event_at  # type: ignore[operator]
+    assert s.p_alive is not None and 0 <= s.p_alive <= 1
+    assert s.last_event_at == max(e.occurred_at for e in events)
+    assert s.first_seen_at == min(e.occurred_at for e in events)
+
+
+def test_state_written_before_churn_as_of_now_still_loads() -> None:
+    raw = (Path(__file__).parent / "data" / "state_v0_1.json").read_text()
+    old = CustomerState.model_validate_json(raw)
+    assert old.lapsed_at is None and old.churn_as_of is None and old.first_seen_at is None
+    assert old.trailing_revenue == Decimal("190.50") and old.band == "detractor"
+    refresh(old, POLICY, at(60))
+    assert old.churn_as_of == at(60) and old.p_alive is not None
+    more, outcome = apply(old, purchase(10, day=61), POLICY)
+    assert outcome is Outcome.PROCESSED and more.purchase_count == old.purchase_count + 1
+
+
+def test_risk_grows_while_a_customer_is_silent() -> None:
+    s = run([purchase(100, day=d) for d in range(0, 120, 10)])
+    risks, alive = [], []
+    for day in (115, 130, 160, 220, 300):
+        refresh(s, POLICY, at(day))
+        risks.append(s.churn_risk)
+        alive.append(s.p_alive)
+    assert risks == sorted(risks) and risks[-1] > 3 * risks[0]
+    assert alive == sorted(alive, reverse=True)
+    first_below = next(d for d, p in zip((115, 130, 160, 220, 300), alive, strict=True) if p < 0.5)
+    assert alive[0] > 0.5 and s.lapsed_at == at(first_below), "lapsed when first seen below"
+    assert s.churn_as_of == at(300)
+    assert "inactive" in s.churn_reasons
+    assert len(s.lapses) == 1 and s.lapses[0].revenue == Decimal("1200")
+
+
+def test_open_complaint_breaches_as_of_now_without_another_event() -> None:
+    s = run([purchase(100, day=0), complaint("k1", "opened", day=1)])
+    assert s.sla_breaches == 0
+    refresh(s, POLICY, at(8))  # a week later, no event since
+    assert s.sla_breaches == 1
+    f = churn.features(churn_inputs(s), at(8), POLICY.churn_model.rhythm)
+    assert f["no_reply_24h"] == 1.5 and f["open_complaint"] == 0  # a major one, past 24 h
+
+
+def test_late_purchase_withdraws_a_lapse_it_disproves() -> None:
+    s = run([purchase(100, day=d) for d in range(0, 120, 10)])
+    refresh(s, POLICY, at(300))
+    assert s.lapsed_at is not None
+    s, _ = apply(s, purchase(100, day=290), POLICY)  # happened before the lapse was seen
+    refresh(s, POLICY, at(300))
+    assert s.lapsed_at is None and s.lapses == [] and s.won_back == 0
+
+
+def test_next_check_at_the_reply_standard_or_half_the_rhythm() -> None:
+    s = run([purchase(100, day=d) for d in range(0, 100, 10)])
+    assert next_check(s, POLICY, at(95)) == at(100)  # half of the 10-day gap
+    s = run([purchase(100, day=d) for d in range(0, 100, 10)] + [complaint("k", "opened", 95)])
+    assert next_check(s, POLICY, at(95)) == at(96) + timedelta(seconds=1)
