@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.domain.churn import ChurnModel, load_model
+from app.domain.events import ALERT_RULES
 from app.errors import ConfigError
 
 
@@ -70,6 +71,7 @@ class Settings(BaseSettings):
     high_value_top_share: float = Field(0.2, ge=0.0, le=1.0)
     high_value_tiers: Annotated[frozenset[str], NoDecode] = frozenset()
     detractor_realert_after: timedelta | None = None
+    alert_rules: Annotated[frozenset[str], NoDecode] = frozenset(ALERT_RULES)
 
     base_currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
     fx_rates: dict[str, Decimal] = Field(default_factory=lambda: dict(DEFAULT_FX_RATES))
@@ -120,11 +122,19 @@ class Settings(BaseSettings):
             raise ValueError("must be a Faust broker URL such as kafka://127.0.0.1:9092")
         return value
 
-    @field_validator("high_value_tiers", mode="before")
+    @field_validator("high_value_tiers", "alert_rules", mode="before")
     @classmethod
     def _split_tiers(cls, value: Any) -> Any:
         if isinstance(value, str):
             return frozenset(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("alert_rules")
+    @classmethod
+    def _known_rules(cls, value: frozenset[str]) -> frozenset[str]:
+        unknown = sorted(value - set(ALERT_RULES))
+        if unknown:
+            raise ValueError(f"unknown rule(s) {unknown}; rules are {list(ALERT_RULES)}")
         return value
 
     @field_validator("fx_rates")

@@ -70,6 +70,8 @@ def evaluate(
     if after.band != "detractor":
         after.detractor_episode = None
         return []
+    if "detractor" not in policy.rules:
+        return []
     newest = (
         isinstance(event, SurveyResponse)
         and after.score_at == event.occurred_at
@@ -160,7 +162,8 @@ def evaluate_time(state: CustomerState, policy: Policy, stream_now: datetime,
     Records each in ``state`` so it is raised once per episode.
     """
     out: list[Alert] = []
-    if state.lapsed_at is not None and state.last_purchase_at is not None:
+    silent_on = "silent" in policy.rules
+    if silent_on and state.lapsed_at is not None and state.last_purchase_at is not None:
         trigger = state.last_purchase_event_id or f"purchase@{state.last_purchase_at.isoformat()}"
         if state.silent_alerted != trigger:
             high, tier, revenue = _high_value(state, stream_now, policy)
@@ -170,7 +173,8 @@ def evaluate_time(state: CustomerState, policy: Policy, stream_now: datetime,
                                   revenue, tier, policy, now, "silent", SILENT_RULE_VERSION,
                                   stream_now, sla_due=stream_now + SLA))  # fmt: skip
     overdue = [c for c in state.complaints.values()
-               if c.is_open and c.opened_at is not None and stream_now - c.opened_at > SLA
+               if "complaint_reply_overdue" in policy.rules
+               and c.is_open and c.opened_at is not None and stream_now - c.opened_at > SLA
                and c.complaint_id not in state.reply_overdue_alerted]  # fmt: skip
     if overdue:
         high, tier, revenue = _high_value(state, stream_now, policy)

@@ -50,6 +50,7 @@ class Policy:
     churn_model: churn.ChurnModel = field(default_factory=churn.load_model)
     # A customer whose P(alive) falls below this is lapsed (a lost customer for the KPIs).
     lapse_p_alive: float = 0.5
+    rules: frozenset[str] = frozenset({"detractor", "silent", "complaint_reply_overdue"})
 
 
 class Response(BaseModel):

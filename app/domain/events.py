@@ -84,6 +84,7 @@ EVENT_TYPES = ("survey", "purchase", "complaint")
 
 
 AlertRule = Literal["detractor", "silent", "complaint_reply_overdue"]
+ALERT_RULES: tuple[str, ...] = ("detractor", "silent", "complaint_reply_overdue")
 
 
 class Alert(_Contract):

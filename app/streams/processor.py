@@ -56,6 +56,7 @@ def policy_from(
     return Policy(
         churn_model=model or settings.churn_model(),
         lapse_p_alive=settings.lapse_p_alive,
+        rules=settings.alert_rules,
         base_currency=settings.base_currency,
         fx_rates=dict(settings.fx_rates),
         value_policy=value.ValuePolicy(

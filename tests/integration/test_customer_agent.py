@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from app.domain.alerts import alert_id
+from app.domain.customer import CustomerState, apply, refresh
+from app.domain.events import decode_event
+from app.settings import load_settings
+from app.streams.processor import policy_from
+from app.streams.tables import key_partition
 
 from .harness import Worker, consume_all, event, produce, worker_env
 
@@ -75,22 +81,30 @@ def test_scenario_exact_alerts_and_state(running: tuple[Worker, dict[str, str]])
         rec(s, "late", event("survey", "late-s2", "late", "2026-03-01T10:00:00Z", score=9)),
         rec(s, "late", event("survey", "late-s1", "late", "2026-02-01T10:00:00Z", score=1)),
     ]  # fmt: skip
-    asyncio.run(produce(bootstrap, records))
+    # Kafka orders records within a partition, not across the three topics: purchases and
+    # the complaint go first, so the alert's figures (revenue, open complaints) are fixed.
+    first = [r for r in records if r[0] != s]
+    asyncio.run(produce(bootstrap, first))
+    from .harness import poll
+
+    poll(lambda: worker.metric("feedback_events_total") >= len(first), 60,
+         "purchases and the complaint processed", worker)  # fmt: skip
+    asyncio.run(produce(bootstrap, [r for r in records if r[0] == s]))
 
     expected = {
         alert_id("detractor", "big", "big-s2"): ("big", "big-s2", "promoter"),
         alert_id("detractor", "vip", "vip-s1"): ("vip", "vip-s1", None),
+        # k1 opened 2026-02-11 10:00 is still open when big-s3 (02-13) moves time on.
+        alert_id("complaint_reply_overdue", "big", "big-c1"): ("big", "big-c1", None),
     }
     alerts = asyncio.run(
-        consume_all(bootstrap, env["FEEDBACK_TOPIC_ALERTS"], lambda r: len(r) >= 2, timeout=60)
+        consume_all(bootstrap, env["FEEDBACK_TOPIC_ALERTS"], lambda r: len(r) >= 3, timeout=60)
     )
     # Give a wrong extra alert the chance to show up before asserting exactness.
     worker_done = lambda: worker.metric("feedback_events_total") >= 13  # noqa: E731
-    from .harness import poll
-
     poll(worker_done, 60, "all 13 valid events counted", worker)
     alerts = asyncio.run(
-        consume_all(bootstrap, env["FEEDBACK_TOPIC_ALERTS"], lambda r: len(r) >= 3, timeout=3)
+        consume_all(bootstrap, env["FEEDBACK_TOPIC_ALERTS"], lambda r: len(r) >= 4, timeout=3)
     )
     got = {}
     for r in alerts:
@@ -99,20 +113,33 @@ def test_scenario_exact_alerts_and_state(running: tuple[Worker, dict[str, str]])
         got[body["alert_id"]] = (body["customer_id"], body["trigger_event_id"],
                                  body["previous_band"])  # fmt: skip
     assert got == expected
-    big = next(json.loads(r.value) for r in alerts if r.key == b"big")
+    bodies = [json.loads(r.value) for r in alerts]
+    big = next(b for b in bodies if b["customer_id"] == "big" and b["rule"] == "detractor")
     assert big["score"] == 2 and big["previous_score"] == 9
     assert big["trailing_revenue"] == "1200.00" and big["value_tier"] == "A"
-    assert big["open_complaints"] == 1 and "open_complaint" in big["churn_reasons"]
+    assert big["open_complaints"] == 1 and "detractor" in big["churn_reasons"]
     assert big["sla_due_at"] == "2026-02-13T09:00:00Z"
     assert big["occurred_at"] == "2026-02-12T09:00:00Z"
     assert big["schema_version"] == 1 and big["rule_version"] == 1
+    overdue = next(b for b in bodies if b["rule"] == "complaint_reply_overdue")
+    assert overdue["complaint_id"] == "k1" and overdue["occurred_at"] == "2026-02-12T10:00:00Z"
+    assert overdue["sla_due_at"] == "2026-02-12T10:00:00Z" and overdue["score"] == 1
 
     status, state = worker.get("/customers/big")
     assert status == 200
     assert state["band"] == "detractor" and state["latest_score"] == 1
     assert state["events"] == 6, "the duplicate big-s2 counted once"
     assert state["high_value"] is True and state["open_complaints"] == 1
-    assert 0 < state["churn_risk"] <= 1
+    # Risk as of the partition's stream time: "vip" shares big's partition (4 partitions)
+    # and its survey on 2026-03-01 is the newest event there.
+    assert key_partition(b"big", 4) == key_partition(b"vip", 4)
+    replay = expected_state([r[2] for r in records if r[1] == b"big"], env)
+    now_p = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    refresh(replay, policy_from(load_settings(**settings_of(env))), now_p)
+    assert state["churn_as_of"] == "2026-03-01T10:00:00Z"
+    assert state["churn_risk"] == replay.churn_risk and state["p_alive"] == replay.p_alive
+    assert state["churn_reasons"] == replay.churn_reasons and state["sla_breaches"] == 1
+    assert state["churn_horizon_days"] == 90
     status, late = worker.get("/customers/late")
     assert late["band"] == "promoter" and late["rolling_nps"] == 100.0
     assert worker.get("/customers/vip")[1]["segment"]["tier"] == "platinum"
@@ -179,3 +206,19 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_processing_goes_on(
          "all valid records around the bad ones processed", worker)  # fmt: skip
     for reason in BAD:
         assert worker.metric("feedback_dead_letters_total", reason=reason) == 1
+
+
+def settings_of(env: dict[str, str]) -> dict[str, object]:
+    """The worker's settings as keyword arguments (JSON objects decoded as the env would)."""
+    return {k.removeprefix("FEEDBACK_").lower(): json.loads(v) if v.startswith("{") else v
+            for k, v in env.items() if k.startswith("FEEDBACK_")}  # fmt: skip
+
+
+def expected_state(raws: list[bytes], env: dict[str, str]) -> CustomerState:
+    """A sequential replay of one customer's records through the domain code."""
+    policy = policy_from(load_settings(**settings_of(env)))
+    state: CustomerState | None = None
+    for raw in raws:
+        state, _ = apply(state, decode_event(raw), policy)
+    assert state is not None
+    return state
