@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     lapse_p_alive: float = Field(0.5, gt=0.0, lt=1.0)
     churn_refit_interval: float = Field(600.0, ge=5.0)
     sweep_batch_limit: int = Field(5000, ge=1)
+    churn_kpi_interval: float = Field(30.0, ge=1.0)
     churn_margin: Decimal = Field(Decimal("0.05"), ge=0, le=1)
     churn_safety_line: dict[str, float] = Field(
         default_factory=lambda: {"overall": 0.25, "A": 0.10, "B": 0.20, "C": 0.30}

@@ -9,7 +9,6 @@ from prometheus_client import CollectorRegistry
 
 from app.metrics import ServiceMetrics
 from app.settings import Settings
-from app.streams.churnkpis import KPI_INTERVAL
 from app.streams.processor import BatchProcessor
 from app.streams.summaries import PartitionSummaries
 from app.streams.tables import (
@@ -138,7 +137,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def refresh_gauges() -> None:
         processor.refresh_gauges()
 
-    @app.timer(interval=KPI_INTERVAL, on_leader=False)  # type: ignore[untyped-decorator]
+    @app.timer(interval=settings.churn_kpi_interval, on_leader=False)  # type: ignore[untyped-decorator]
     async def refresh_churn_kpis() -> None:
         processor.refresh_churn_kpis()
 

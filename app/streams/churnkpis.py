@@ -2,8 +2,8 @@
 
 Counts per (period, group) are additive (app/domain/churn_kpi.py), so a
 report merges this worker's partitions (recounted from the read model every
-``KPI_INTERVAL`` seconds; a full pass over the rows, kept off the per-event
-path) with the other partitions' latest summaries.
+``FEEDBACK_CHURN_KPI_INTERVAL`` seconds; a full pass over the rows, kept off
+the per-event path) with the other partitions' latest summaries.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from app.settings import Settings
 from app.streams.readmodel import ReadModel
 from app.streams.summaries import PartitionSummaries
 
-KPI_INTERVAL = 30.0
 KPI_PERIODS = 5  # periods counted and shared: the current one and four before it
 GAUGE_GROUPS = ("overall", "tier:A", "tier:B", "tier:C")
 

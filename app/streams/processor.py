@@ -540,6 +540,10 @@ class BatchProcessor:
             })  # fmt: skip
         return out
 
+    def indexed_partitions(self) -> int:
+        """Input partitions whose customers are in the read model (sweep and views ready)."""
+        return len(self._seeded)
+
     def refresh_churn_kpis(self) -> None:
         """Recount this worker's churn KPIs (shared with the next summaries) and set gauges."""
         if self._owned and self._owned <= self._seeded:

@@ -70,5 +70,6 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
                 "status": "ok",
                 "now": datetime.now(UTC).isoformat(),
                 "assigned_partitions": len(app.assignor.assigned_actives()),
+                "indexed_partitions": processor.indexed_partitions(),
             }
             return self.json(body)
