@@ -79,9 +79,13 @@ def bounds(kind: Period, as_of: datetime, count: int) -> list[tuple[str, datetim
 
 
 def groups_of(c: Lifecycle) -> list[str]:
-    """``overall``, ``tier:A|B|C`` (value tier) and ``tier=…|region:…|channel:…|product:…``."""
-    out = ["overall", f"tier:{c.tier}"]
-    for key, val in zip(SEGMENT_KEYS, c.segment, strict=True):
+    """``overall``, ``tier:A|B|C`` (value tier), ``member_tier:…|region:…|channel:…|product:…``."""
+    return _groups(c.tier, c.segment)
+
+
+def _groups(tier: str, segment: tuple[str | None, ...]) -> list[str]:
+    out = ["overall", f"tier:{tier}"]
+    for key, val in zip(SEGMENT_KEYS, segment, strict=True):
         if val is not None:
             out.append(f"{'member_tier' if key == 'tier' else key}:{val}")
     return out
@@ -98,10 +102,21 @@ def _active(c: Lifecycle, at: float) -> bool:
 
 def count(customers: Iterable[Lifecycle], kind: Period, as_of: datetime, periods: int = 4
           ) -> Counts:  # fmt: skip
-    """Per (period, group) counts; additive, so partitions and workers merge by summing."""
+    """Per (period, group) counts; additive, so partitions and workers merge by summing.
+
+    Most customers were there before the first period and never lapsed: they add one
+    to ``at_start`` and ``at_end`` of every period, so they are only tallied per
+    (tier, segment) and expanded once at the end (a million customers in seconds).
+    """
     spans = [(label, s.timestamp(), e.timestamp()) for label, s, e in bounds(kind, as_of, periods)]
     out: Counts = {}
+    first_start = spans[0][1] if spans else 0.0
+    steady: dict[tuple[str, tuple[str | None, ...]], int] = {}
     for c in customers:
+        if not c.lapses and c.first_seen < first_start:
+            key = (c.tier, c.segment)
+            steady[key] = steady.get(key, 0) + 1
+            continue
         groups = groups_of(c)
         for label, start, end in spans:
             row = [0.0] * 6
@@ -120,6 +135,12 @@ def count(customers: Iterable[Lifecycle], kind: Period, as_of: datetime, periods
                 acc = out.setdefault((label, g), [0.0] * 6)
                 for i, v in enumerate(row):
                     acc[i] += v
+    for (tier, segment), n in steady.items():
+        for g in _groups(tier, segment):
+            for label, _, _ in spans:
+                acc = out.setdefault((label, g), [0.0] * 6)
+                acc[0] += n
+                acc[4] += n
     return out
 
 

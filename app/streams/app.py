@@ -139,7 +139,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.timer(interval=settings.churn_kpi_interval, on_leader=False)  # type: ignore[untyped-decorator]
     async def refresh_churn_kpis() -> None:
-        processor.refresh_churn_kpis()
+        await processor.refresh_churn_kpis()
 
     from app.web.views import register
 

@@ -43,7 +43,7 @@ class ChurnKpis:
             return
         self.as_of = max(clocks)
         rows: dict[int, list[Any]] = defaultdict(list)
-        for row in self.readmodel:
+        for row in list(self.readmodel.rows.values()):  # a snapshot: the loop keeps writing
             if row.partition in owned:
                 rows[row.partition].append(row)
         self.local = {p: {k: churn_kpi.count(rows.get(p, []), k, self.as_of, KPI_PERIODS)

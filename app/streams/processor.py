@@ -386,7 +386,7 @@ class BatchProcessor:
             self.readmodel.forget(self._owned - owned)
             self._seeded -= self._owned - owned
             if recovered:
-                self._seed(owned - self._owned)
+                await self._seed(owned - self._owned)
                 self._owned = owned
             else:
                 return
@@ -430,13 +430,19 @@ class BatchProcessor:
             self.policy = policy_from(self.settings, self.policy.cutoffs, self.model)
             log.info("churn: MBG/NBD refitted on %d customers: %s", len(rfm), fitted)
 
-    def _seed(self, partitions: set[int]) -> None:
-        """Index newly owned partitions' customers: revenue mirror, read model, sweep schedule."""
+    async def _seed(self, partitions: set[int]) -> None:
+        """Index newly owned partitions' customers: revenue mirror, read model, sweep schedule.
+
+        Yields to the event loop every few thousand customers: at a million customers
+        the pass takes tens of seconds, longer than a consumer-group session timeout.
+        """
         if not partitions:
             return
         n = self.settings.partitions
         wall = datetime.now(UTC)
-        for key, raw in self.customers.items():
+        for i, (key, raw) in enumerate(self.customers.items()):
+            if i % 5000 == 4999:
+                await asyncio.sleep(0)
             k = key if isinstance(key, bytes) else str(key).encode()
             p = key_partition(k, n)
             if p in partitions:
@@ -544,11 +550,16 @@ class BatchProcessor:
         """Input partitions whose customers are in the read model (sweep and views ready)."""
         return len(self._seeded)
 
-    def refresh_churn_kpis(self) -> None:
-        """Recount this worker's churn KPIs (shared with the next summaries) and set gauges."""
+    async def refresh_churn_kpis(self) -> None:
+        """Recount this worker's churn KPIs (shared with the next summaries) and set gauges.
+
+        The recount is a pass over this worker's rows: it runs in a thread so the
+        event loop (heartbeats, batches) keeps going at a million customers.
+        """
         if self._owned and self._owned <= self._seeded:
-            self.kpis.recount(self._owned)
-            self.kpis.set_gauges(self._owned)
+            owned = set(self._owned)
+            await asyncio.get_running_loop().run_in_executor(None, self.kpis.recount, owned)
+            self.kpis.set_gauges(owned)
 
     def churn_report(self, period: Period, group: str | None) -> dict[str, Any]:
         """Churn per period over all workers' partitions (others as of their last summary)."""

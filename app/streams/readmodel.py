@@ -85,7 +85,7 @@ class ReadModel:
             state.lapsed_at is not None,
             tuple((_ts(x.at), float(x.revenue), _ts(x.won_back_at) if x.won_back_at else None)
                   for x in state.lapses),
-            (seg.tier, seg.region, seg.channel, seg.product) if seg else (None, None, None, None),
+            _segment((seg.tier, seg.region, seg.channel, seg.product) if seg else _NO_SEGMENT),
             _rfm([(p.at, float(p.amount)) for p in state.purchases]),
         )  # fmt: skip
         self.schedule(key, partition, due.timestamp())
@@ -146,7 +146,7 @@ class ReadModel:
             partition, d["customer_id"], float(d.get("churn_risk", 0.0)),
             bool(d.get("high_value", False)), str(d.get("value_tier", "C")), revenue,
             _ts(first), d.get("lapsed_at") is not None, lapses,
-            (seg.get("tier"), seg.get("region"), seg.get("channel"), seg.get("product")),
+            _segment((seg.get("tier"), seg.get("region"), seg.get("channel"), seg.get("product"))),
             _rfm([(at, float(p["amount"])) for p in d.get("purchases", [])
                   if (at := _dt(p["at"])) is not None]),
         )  # fmt: skip
@@ -192,6 +192,19 @@ class ReadModel:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+_NO_SEGMENT: tuple[str | None, str | None, str | None, str | None] = (None, None, None, None)
+_SEGMENTS: dict[tuple[str | None, ...], tuple[str | None, str | None, str | None, str | None]] = {}
+
+
+def _segment(
+    seg: tuple[str | None, str | None, str | None, str | None],
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """One shared tuple per distinct segment (a million rows share a few dozen)."""
+    if len(_SEGMENTS) > 100_000:  # segments are meant to be few; never grow without bound
+        return seg
+    return _SEGMENTS.setdefault(seg, seg)
 
 
 def _rfm(purchases: list[tuple[datetime, float]]) -> tuple[int, float, float] | None:

@@ -38,7 +38,8 @@ def scraped(
 ) -> Iterator[tuple[Worker, dict[str, str], str]]:
     unique = uuid.uuid4().hex[:10]
     tmp = tmp_path_factory.mktemp("prom")
-    env = worker_env(kafka_broker, unique, tmp / "data", FEEDBACK_HIGH_VALUE_REVENUE="100")
+    env = worker_env(kafka_broker, unique, tmp / "data", FEEDBACK_HIGH_VALUE_REVENUE="100",
+                     FEEDBACK_CHURN_KPI_INTERVAL="2")  # fmt: skip
     worker = Worker(env, tmp / "worker.log")
     worker.start()
     prom_port = free_port()

@@ -1,0 +1,131 @@
+"""What re-scoring customers as stream time passes costs at a million customers per worker.
+
+    python -m bench.sweep [--customers 1000000] [--sample 5000]
+
+Measures, in one process, without a broker:
+- the CPU cost of one sweep re-score (parse the stored state, re-score as of now,
+  evaluate the time rules, serialise) on realistic simulated states;
+- the read model (rows + schedule) at N customers: memory, scheduling all of them,
+  popping one stream-day's worth of due customers, the gauges' pass and one churn-KPI
+  recount (both periodic, off the per-event path);
+and derives the re-score load per day of stream time from the schedule rule
+(half the customer's own purchase gap, 1-14 days). The Kafka/RocksDB write of a
+re-scored customer costs what any customer write costs (see bench/throughput.py).
+Results: bench/results/sweep-<time>.json/.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from app.analysis import experiment
+from app.domain import churn_kpi
+from app.domain.alerts import evaluate_time
+from app.domain.customer import CustomerState, fold, next_check, refresh
+from app.domain.events import decode_event
+from app.streams.readmodel import ReadModel
+from bench.churn_eval import machine
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def simulated_states(customers: int) -> tuple[list[bytes], datetime]:
+    history = experiment.simulate(seed=1, customers=customers, cutoff_days=[300], horizon_days=0)
+    policy = experiment.policy()
+    states: dict[str, CustomerState] = {}
+    clock = experiment.START
+    for raw in history.lines:
+        try:
+            ev = decode_event(raw)
+        except Exception:  # noqa: BLE001 - malformed records are skipped here
+            continue
+        st = states.setdefault(ev.customer_id, CustomerState(customer_id=ev.customer_id))
+        fold(st, ev, policy)
+        clock = max(clock, ev.occurred_at)
+    for st in states.values():
+        refresh(st, policy, clock)
+    return [st.model_dump_json().encode() for st in states.values()], clock
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--customers", type=int, default=1_000_000)
+    p.add_argument("--sample", type=int, default=5000)
+    args = p.parse_args()
+    policy = experiment.policy()
+    raws, clock = simulated_states(args.sample)
+    later = clock + timedelta(days=7)
+    wall = datetime.now(UTC)
+    # 1. one re-score, as the sweep does it
+    t0 = time.perf_counter()
+    gaps = []
+    for raw in raws:
+        st = CustomerState.model_validate_json(raw)
+        refresh(st, policy, later)
+        evaluate_time(st, policy, later, wall)
+        st.model_dump_json()
+        due = next_check(st, policy, later)
+        gaps.append((due - later).total_seconds() / 86400)
+    per_rescore_us = (time.perf_counter() - t0) / len(raws) * 1e6
+    step_days = statistics.mean(gaps)
+    # 2. the read model at N customers (rows cloned from the sample)
+    gc.collect()
+    before = rss_mib()
+    rm = ReadModel()
+    states = [CustomerState.model_validate_json(r) for r in raws]
+    t0 = time.perf_counter()
+    for i in range(args.customers):
+        st = states[i % len(states)]
+        key = f"cust-{i:07d}".encode()
+        due = later + timedelta(days=(i % 1400) / 100)  # spread over 14 days
+        rm.record(key, i % 8, st, due)
+    record_s = time.perf_counter() - t0
+    mem_mib = rss_mib() - before
+    for p_ in range(8):
+        rm.advance(p_, later + timedelta(days=1), wall + timedelta(days=3650))
+    t0 = time.perf_counter()
+    popped = sum(len(rm.take_due(p_, 10**9)) for p_ in range(8))
+    pop_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rm.counts()
+    gauges_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    churn_kpi.count(rm, "month", later, 5)
+    kpi_s = time.perf_counter() - t0
+    per_day = args.customers / step_days
+    result: dict[str, Any] = {
+        "machine": machine(), "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "customers": args.customers, "sample_states": len(raws),
+        "rescore_us": round(per_rescore_us, 1), "mean_step_days": round(step_days, 2),
+        "rescores_per_stream_day": round(per_day),
+        "rescore_cpu_s_per_stream_day": round(per_day * per_rescore_us / 1e6, 1),
+        "live_rescores_per_s": round(per_day / 86400, 2),
+        "readmodel_rss_mib": round(mem_mib), "record_all_s": round(record_s, 2),
+        "pop_one_day_due": popped, "pop_one_day_s": round(pop_s, 2),
+        "gauges_pass_s": round(gauges_s, 2), "kpi_recount_month_s": round(kpi_s, 2),
+    }  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"sweep-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = "\n".join([f"# sweep cost {result['when']}", "", f"machine: {result['machine']}", "",
+                    "| figure | value |", "|---|---|",
+                    *[f"| {k} | {v} |" for k, v in result.items() if k not in ("machine", "when")],
+                    ""])  # fmt: skip
+    (RESULTS / f"sweep-{stamp}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
