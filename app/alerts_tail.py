@@ -18,7 +18,7 @@ from aiokafka.structs import TopicPartition
 
 from app.settings import load_settings
 
-COLUMNS = ("emitted_at", "customer_id", "score", "previous_band", "trailing_revenue",
+COLUMNS = ("emitted_at", "rule", "customer_id", "score", "previous_band", "trailing_revenue",
            "value_tier", "churn_risk", "open_complaints", "sla_due_at")  # fmt: skip
 
 

@@ -165,6 +165,17 @@ class Demo:
         head.add_row("dead letters", f"{dead:,.0f}", "alerts", f"{self.alert_count:,}")
         head.add_row("metrics", f"{base}/metrics", "customer", f"{base}/customers/<id>")
         head.add_row("segment NPS", f"{base}/nps?window=30d", "at risk", f"{base}/at-risk")
+        lapsed = _metric(str(text), "feedback_customers_lapsed")
+        won = _metric(str(text), "feedback_won_back_total")
+        churn = _get(f"{base}/churn?period=month&segment=overall") or {}
+        months = [r for r in churn.get("rows", []) if r.get("churn_rate") is not None]
+        rate_text = "-"
+        if months:
+            last = months[-1]
+            rate_text = (f"{100 * last['churn_rate']:.1f}% ({last['period']}, lost "
+                         f"{last['lost']} of {last['customers_at_end']})")  # fmt: skip
+        head.add_row("lapsed now", f"{lapsed:,.0f} (won back {won:,.0f})", "churn this month",
+                     rate_text)  # fmt: skip
 
         nps = Table(title="NPS by segment, last 30 days of event time", expand=True)
         for col in ("segment", "n", "NPS", "95% CI", "P/Pa/D"):
@@ -177,11 +188,13 @@ class Demo:
                         f"{ci[0]:+.0f}..{ci[1]:+.0f}" if ci else "-",
                         f"{row['promoters']}/{row['passives']}/{row['detractors']}")  # fmt: skip
 
-        alerts = Table(title="Latest detractor alerts (feedback.alerts.v1)", expand=True)
-        for col in ("customer", "score", "was", "revenue", "tier", "risk", "reasons"):
+        alerts = Table(title="Latest alerts (feedback.alerts.v1)", expand=True)
+        for col in ("rule", "customer", "score", "was", "revenue", "tier", "risk", "reasons"):
             alerts.add_column(col)
         for a in list(self.alerts):
-            alerts.add_row(a["customer_id"], str(a["score"]), str(a["previous_band"] or "-"),
+            alerts.add_row(a["rule"], a["customer_id"],
+                           "-" if a["score"] is None else str(a["score"]),
+                           str(a["previous_band"] or "-"),
                            f"{float(a['trailing_revenue']):,.0f} {a.get('currency', '')}",
                            a["value_tier"], f"{a['churn_risk']:.2f}",
                            ", ".join(a["churn_reasons"][:3]))  # fmt: skip
