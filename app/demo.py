@@ -196,7 +196,7 @@ class Demo:
                            "-" if a["score"] is None else str(a["score"]),
                            str(a["previous_band"] or "-"),
                            f"{float(a['trailing_revenue']):,.0f} {a.get('currency', '')}",
-                           a["value_tier"], f"{a['churn_risk']:.2f}",
+                           a["value_tier"] or "-", f"{a['churn_risk']:.2f}",
                            ", ".join(a["churn_reasons"][:3]))  # fmt: skip
 
         risk = Table(title="High-value customers most at risk", expand=True)

@@ -15,6 +15,12 @@ time advances), each once per episode with a deterministic ``alert_id``:
 - ``complaint_reply_overdue`` (version 1): a high-value customer's complaint
   is still open 24 h after it was opened (the reply standard). Once per
   complaint; the trigger is the complaint's opening event.
+
+And one about a period, not a customer (``period_alerts``):
+
+- ``churn_safety_line`` (version 1): the current month's or quarter's churn
+  rate of a group (overall, tier A/B/C) is above its safety line. Once per
+  (period, group); the trigger is ``<kind>:<period>:<group>``.
 """
 
 from __future__ import annotations
@@ -23,14 +29,26 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Literal
 
 from app.domain import value
+from app.domain.churn_kpi import PeriodRow
 from app.domain.customer import CustomerState, Episode, Policy, refresh
-from app.domain.events import Alert, AlertRule, AnyEvent, Band, SurveyResponse
+from app.domain.events import (
+    PERIOD_ALERT_CUSTOMER,
+    Alert,
+    AlertRule,
+    AnyEvent,
+    Band,
+    ChurnPeriodFigures,
+    SurveyResponse,
+)
 
 DETRACTOR_RULE_VERSION = 1
 SILENT_RULE_VERSION = 1
 REPLY_OVERDUE_RULE_VERSION = 1
+SAFETY_LINE_RULE_VERSION = 1
+SAFETY_LINE_GROUPS = ("overall", "tier:A", "tier:B", "tier:C")
 ALERT_NAMESPACE = uuid.UUID("6f1c8a52-3f0e-4d4b-9a57-0c2f6b1f9e11")
 SLA = timedelta(hours=24)
 
@@ -191,4 +209,41 @@ def evaluate_time(state: CustomerState, policy: Policy, stream_now: datetime,
     known = set(state.complaints)
     if any(k not in known for k in state.reply_overdue_alerted):
         state.reply_overdue_alerted = [k for k in state.reply_overdue_alerted if k in known]
+    return out
+
+
+def period_alerts(kind: Literal["month", "quarter"], rows: list[PeriodRow], at: datetime,
+                  currency: str, now: datetime) -> list[Alert]:  # fmt: skip
+    """A ``churn_safety_line`` alert for each group of the current period above its line.
+
+    ``rows`` are one period's rows (the current one), ``at`` the stream time they
+    were counted at (the alert's ``occurred_at``); the caller remembers which
+    alert ids it already sent (the ids are deterministic, so a repeat after a
+    restart is recognisably the same alert).
+    """
+    out = []
+    for r in rows:
+        if r.group not in SAFETY_LINE_GROUPS or not r.above_safety_line:
+            continue
+        assert r.churn_rate is not None and r.safety_line is not None
+        trigger = f"{kind}:{r.period}:{r.group}"
+        tier = r.group.split(":", 1)[1] if r.group.startswith("tier:") else None
+        out.append(Alert(
+            alert_id=alert_id("churn_safety_line", PERIOD_ALERT_CUSTOMER, trigger),
+            rule="churn_safety_line", rule_version=SAFETY_LINE_RULE_VERSION,
+            customer_id=PERIOD_ALERT_CUSTOMER, trigger_event_id=trigger, score=None,
+            previous_band=None, previous_score=None, rolling_nps=None,
+            trailing_revenue=r.revenue_lost, currency=currency,
+            value_tier="A" if tier == "A" else "B" if tier == "B" else "C" if tier == "C" else None,
+            churn_risk=min(1.0, r.churn_rate), churn_reasons=[], open_complaints=0,
+            occurred_at=at.astimezone(UTC),
+            emitted_at=now.astimezone(UTC), sla_due_at=(now + SLA).astimezone(UTC),
+            churn_period=ChurnPeriodFigures(
+                period_kind=kind, period=r.period, group=r.group,
+                churn_rate=r.churn_rate, churn_rate_start=r.churn_rate_start,
+                safety_line=r.safety_line, lost=r.lost,
+                customers_at_start=r.customers_at_start, customers_at_end=r.customers_at_end,
+                revenue_lost=r.revenue_lost, churn_loss=r.churn_loss,
+            ),
+        ))  # fmt: skip
     return out

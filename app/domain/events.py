@@ -83,8 +83,27 @@ AnyEvent = SurveyResponse | Purchase | Complaint
 EVENT_TYPES = ("survey", "purchase", "complaint")
 
 
-AlertRule = Literal["detractor", "silent", "complaint_reply_overdue"]
-ALERT_RULES: tuple[str, ...] = ("detractor", "silent", "complaint_reply_overdue")
+AlertRule = Literal["detractor", "silent", "complaint_reply_overdue", "churn_safety_line"]
+ALERT_RULES: tuple[str, ...] = (
+    "detractor", "silent", "complaint_reply_overdue", "churn_safety_line",
+)  # fmt: skip
+PERIOD_ALERT_CUSTOMER = "*"
+
+
+class ChurnPeriodFigures(_Contract):
+    """The period behind a ``churn_safety_line`` alert (see README, Churn KPIs)."""
+
+    period_kind: Literal["month", "quarter"]
+    period: str = Field(description="e.g. 2026-05 or 2026-Q2 (UTC calendar)")
+    group: str = Field(description="overall or tier:A|B|C")
+    churn_rate: float = Field(ge=0, description="lost / customers_at_end (the source's)")
+    churn_rate_start: float | None = Field(ge=0, description="lost / customers_at_start")
+    safety_line: float = Field(ge=0, le=1, description="the line for this period's length")
+    lost: int = Field(ge=0)
+    customers_at_start: int = Field(ge=0)
+    customers_at_end: int = Field(ge=0)
+    revenue_lost: Decimal
+    churn_loss: Decimal
 
 
 class Alert(_Contract):
@@ -94,7 +113,11 @@ class Alert(_Contract):
     answer), ``silent`` (the customer lapsed: P(alive) fell below the lapse
     setting; the trigger is its last purchase), ``complaint_reply_overdue`` (a
     complaint still open 24 h after it was opened; the trigger is its opening
-    event and ``complaint_id`` names it).
+    event and ``complaint_id`` names it), ``churn_safety_line`` (a month's or
+    quarter's churn rate of a group crossed the safety line: not about one
+    customer, so ``customer_id`` is ``*``, ``churn_period`` carries the figures,
+    ``trailing_revenue`` is the revenue lost in the period and ``churn_risk``
+    the period's churn rate, capped at 1).
     """
 
     alert_id: str = Field(description="Deterministic from rule, customer_id and trigger event.")
@@ -110,7 +133,9 @@ class Alert(_Contract):
     rolling_nps: float | None = Field(ge=-100, le=100)
     trailing_revenue: Decimal
     currency: str = Field(description="Base currency of trailing_revenue.")
-    value_tier: Literal["A", "B", "C"]
+    value_tier: Literal["A", "B", "C"] | None = Field(
+        description="The customer's tier; for churn_safety_line the group's tier, or null."
+    )
     churn_risk: float = Field(ge=0, le=1)
     churn_reasons: list[str]
     open_complaints: int = Field(ge=0)
@@ -119,7 +144,8 @@ class Alert(_Contract):
     emitted_at: AwareDatetime
     sla_due_at: AwareDatetime = Field(description="occurred_at + 24 h: the reply standard.")
     complaint_id: Id | None = Field(None, description="complaint_reply_overdue: the complaint.")
-    p_alive: float | None = Field(None, ge=0, le=1, description="MBG/NBD P(alive) when raised.")
+    p_alive: float | None = Field(None, ge=0, le=1, description="The customer's P(alive) then.")
+    churn_period: ChurnPeriodFigures | None = Field(None, description="churn_safety_line only.")
     schema_version: Literal[1] = 1
 
 

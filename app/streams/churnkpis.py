@@ -13,7 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from app.domain import churn_kpi
+from app.domain.alerts import period_alerts
 from app.domain.churn_kpi import PERIODS, Counts, Period
+from app.domain.events import Alert
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from app.streams.readmodel import ReadModel
@@ -34,6 +36,7 @@ class ChurnKpis:
         self.summaries = summaries
         self.local: dict[int, dict[Period, Counts]] = {}
         self.as_of: datetime | None = None
+        self._alerted: set[str] = set()
 
     def recount(self, owned: set[int]) -> None:
         """Count the owned partitions' customers for every period kind."""
@@ -80,6 +83,29 @@ class ChurnKpis:
                           f"{self.settings.lapse_p_alive})",
             "rows": [r.as_dict() for r in rows],
         }  # fmt: skip
+
+    def safety_line_alerts(self, owned: set[int], now: datetime) -> list[Alert]:
+        """Alerts for groups whose current month or quarter is above the line, not yet sent.
+
+        Only the worker that owns input partition 0 raises them (one voice for
+        the whole base), and only once every partition is counted (its own or
+        another worker's summary), so a worker that just started does not judge
+        the base on part of it.
+        """
+        covered = owned | set(self.summaries.remote)
+        if self.as_of is None or 0 not in owned or len(covered) < self.settings.partitions:
+            return []
+        out = []
+        for kind in ("month", "quarter"):
+            rows = churn_kpi.report(
+                self.counts(kind, owned), kind, self.as_of, 1, self.settings.churn_margin,
+                self.settings.churn_safety_line,
+            )  # fmt: skip
+            for alert in period_alerts(kind, rows, self.as_of, self.settings.base_currency, now):
+                if alert.alert_id not in self._alerted:
+                    self._alerted.add(alert.alert_id)
+                    out.append(alert)
+        return out
 
     def set_gauges(self, owned: set[int]) -> None:
         if self.as_of is None:

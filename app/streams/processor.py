@@ -560,6 +560,13 @@ class BatchProcessor:
             owned = set(self._owned)
             await asyncio.get_running_loop().run_in_executor(None, self.kpis.recount, owned)
             self.kpis.set_gauges(owned)
+            if "churn_safety_line" in self.settings.alert_rules:
+                alerts = self.kpis.safety_line_alerts(owned, datetime.now(UTC))
+                futs = [await self.alerts_topic.send(key=a.customer_id.encode(), value=encode(a))
+                        for a in alerts]  # fmt: skip
+                await asyncio.gather(*futs)
+                for a in alerts:
+                    self.metrics.alerts.labels(a.rule).inc()
 
     def churn_report(self, period: Period, group: str | None) -> dict[str, Any]:
         """Churn per period over all workers' partitions (others as of their last summary)."""

@@ -189,3 +189,34 @@ def test_silent_high_value_customer_alerts_once_per_lapse_and_rearms_when_won_ba
     refresh(back, POLICY, at(600))
     again = evaluate_time(back, POLICY, at(600), NOW)
     assert [a.trigger_event_id for a in again] == ["p421"], "a new silence is a new episode"
+
+
+def test_period_above_the_safety_line_alerts_per_group_with_its_figures() -> None:
+    from app.domain import churn_kpi
+    from app.domain.alerts import period_alerts
+    from app.streams.readmodel import Row
+
+    as_of = datetime(2026, 5, 20, tzinfo=UTC)
+    old = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
+    lapsed = datetime(2026, 5, 3, tzinfo=UTC).timestamp()
+
+    def row(tier: str, lost: bool) -> Row:
+        lapses = ((lapsed, 1000.0, None),) if lost else ()
+        return Row(0, "c", 0.0, tier == "A", tier, 0.0, old, lost, lapses,
+                   (None, None, None, None), None)  # fmt: skip
+
+    rows = [row("A", i < 3) for i in range(50)] + [row("C", False) for _ in range(50)]
+    counts = churn_kpi.count(rows, "month", as_of, 1)
+    report = churn_kpi.report(counts, "month", as_of, 1, Decimal("0.05"),
+                              {"A": 0.10, "overall": 0.9})  # fmt: skip
+    alerts = period_alerts("month", report, as_of, "EUR", NOW)
+    assert [a.trigger_event_id for a in alerts] == ["month:2026-05:tier:A"]
+    a = alerts[0]
+    assert (a.rule, a.customer_id, a.value_tier, a.score) == ("churn_safety_line", "*", "A", None)
+    assert a.alert_id == alert_id("churn_safety_line", "*", "month:2026-05:tier:A")
+    fig = a.churn_period
+    assert fig is not None and (fig.lost, fig.customers_at_end) == (3, 47)
+    assert fig.churn_rate == pytest.approx(3 / 47) and a.churn_risk == pytest.approx(3 / 47)
+    assert a.trailing_revenue == Decimal("3000") and fig.churn_loss == Decimal("150.00")
+    assert a.occurred_at == as_of
+    assert Alert.model_validate_json(a.model_dump_json()) == a
