@@ -6,9 +6,12 @@ import argparse
 import asyncio
 import sys
 from collections import Counter
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 from app.settings import load_settings
+from app.simulate.model import ChurnMix
 from app.simulate.publish import SimOptions, publish, write_file
 
 
@@ -31,13 +34,28 @@ def main(argv: list[str]) -> int:
                         "publishing; no broker needed")  # fmt: skip
     p.add_argument("--days", type=float, default=None,
                    help="with --out: stop after this many simulated days")  # fmt: skip
+    p.add_argument("--mix", action="append", default=[], metavar="NAME=VALUE",
+                   help="change a churn-mix figure, e.g. --mix complain_share=0.2 "
+                        f"(names: {', '.join(f.name for f in fields(ChurnMix))})")  # fmt: skip
     args = p.parse_args(argv)
+    mix = ChurnMix()
+    for item in args.mix:
+        name, _, text = item.partition("=")
+        known = {f.name: f for f in fields(ChurnMix)}
+        if name not in known or not text:
+            p.error(f"--mix {item!r}: give NAME=VALUE with NAME one of {', '.join(known)}")
+        try:
+            value: Any = (tuple(float(x) for x in text.split(",")) if "," in text
+                             else float(text))  # fmt: skip
+        except ValueError:
+            p.error(f"--mix {item!r}: {text!r} is not a number (or two, comma-separated)")
+        mix = replace(mix, **{name: value})
     if args.out is not None:
         if args.events is None and args.days is None:
             p.error("with --out give --events N or --days N")
         back = args.days_back if args.days_back is not None else (args.days or 365.0)
         opts = SimOptions(customers=args.customers, seed=args.seed, events=args.events,
-                          days_back=back, truth=Path(args.truth),
+                          days_back=back, truth=Path(args.truth), mix=mix,
                           run_id=f"sim{args.seed}")  # fmt: skip
         counts = write_file(opts, Path(args.out), args.days)
         for key, n in sorted(counts.items()):
@@ -50,7 +68,7 @@ def main(argv: list[str]) -> int:
     opts = SimOptions(customers=args.customers, seed=args.seed, rate=args.rate,
                       events=args.events, duration=args.duration, speed=args.speed_days * 86400,
                       days_back=365.0 if args.days_back is None else args.days_back,
-                      truth=Path(args.truth), run_id=f"sim{args.seed}")  # fmt: skip
+                      truth=Path(args.truth), run_id=f"sim{args.seed}", mix=mix)  # fmt: skip
 
     def progress(sent: int, counts: Counter[str]) -> None:
         print(f"\rsent {sent:,} events (simulated day {counts.get('sim_days', 0)})",

@@ -7,14 +7,14 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
 from app.settings import Settings
-from app.simulate.model import Simulation
+from app.simulate.model import ChurnMix, Simulation
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class SimOptions:
     days_back: float = 365.0  # the simulation starts this long before now
     truth: Path | None = None
     run_id: str = "sim"
+    mix: ChurnMix = field(default_factory=ChurnMix)
 
 
 async def publish(
@@ -39,7 +40,7 @@ async def publish(
 ) -> Counter[str]:  # fmt: skip
     """Produce until ``events``, ``duration`` or ``stop``; returns counts by kind and fault."""
     start = datetime.now(UTC) - timedelta(days=opts.days_back)
-    sim = Simulation(opts.customers, opts.seed, start, run_id=opts.run_id)
+    sim = Simulation(opts.customers, opts.seed, start, run_id=opts.run_id, mix=opts.mix)
     topics = {"survey": settings.topic_surveys, "purchase": settings.topic_purchases,
               "complaint": settings.topic_complaints}  # fmt: skip
     producer = AIOKafkaProducer(
@@ -105,7 +106,7 @@ def write_file(opts: SimOptions, out: Path, days: float | None) -> Counter[str]:
     records are written as they would be published (they may not be UTF-8).
     """
     start = datetime.now(UTC) - timedelta(days=opts.days_back)
-    sim = Simulation(opts.customers, opts.seed, start, run_id=opts.run_id)
+    sim = Simulation(opts.customers, opts.seed, start, run_id=opts.run_id, mix=opts.mix)
     end = start + timedelta(days=days) if days is not None else None
     counts: Counter[str] = Counter()
     last_at = start

@@ -524,12 +524,26 @@ class BatchProcessor:
         return out
 
     def at_risk(self, limit: int) -> list[dict[str, Any]]:
-        """This worker's high-value customers by churn risk as of now, highest first."""
-        out = []
-        for row in self.readmodel.at_risk(limit, self._owned or None):
-            state = self._load(row.customer_id.encode())
+        """This worker's high-value customers by churn risk as of now, highest first.
+
+        Candidates come from the read model (risk as of each customer's last look,
+        at most one sweep step old); twice the limit are re-scored as of the stream
+        time and re-ranked, so the list shows risk as of now.
+        """
+        states = []
+        for row in self.readmodel.at_risk(2 * limit, self._owned or None):
+            key = row.customer_id.encode()
+            state = self._load(key)
             if state is None:
                 continue
+            state = state.model_copy(deep=True)  # the cache's copy stays as stored
+            now = self.readmodel.stream_time(row.partition)
+            if now is not None and (state.churn_as_of is None or now > state.churn_as_of):
+                refresh(state, self.policy, now)
+            states.append(state)
+        states.sort(key=lambda s: (-s.churn_risk, s.customer_id))
+        out = []
+        for state in states[:limit]:
             out.append({
                 "customer_id": state.customer_id,
                 "churn_risk": state.churn_risk,
