@@ -100,7 +100,7 @@ def replay(lines: Iterable[bytes], cutoffs: Sequence[datetime], policy: Policy,
 
 
 def _snapshot(states: Mapping[str, CustomerState], cutoff: datetime) -> Snapshot:
-    inputs = {cid: churn_inputs(s) for cid, s in states.items()}
+    inputs = {cid: churn_inputs(s, keep=True) for cid, s in states.items()}
     last = {cid: s.last_event_at for cid, s in states.items() if s.last_event_at is not None}
     return Snapshot(cutoff, inputs, last)
 

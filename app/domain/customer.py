@@ -303,12 +303,17 @@ def rescore(state: CustomerState, policy: Policy, now: datetime) -> None:
         state.lapsed_at = None
 
 
-def churn_inputs(state: CustomerState) -> churn.ChurnInputs:
-    """The facts of a state that churn risk reads (complaints copied: they change in place)."""
+def churn_inputs(state: CustomerState, keep: bool = False) -> churn.ChurnInputs:
+    """The facts of a state that churn risk reads.
+
+    ``keep=True`` copies the complaints (they change in place as events fold), for a
+    caller that holds the inputs while the state moves on (the backtest's snapshots).
+    """
+    complaints = state.complaints.values()
     return churn.ChurnInputs(
         purchases=[(p.at, float(p.amount)) for p in state.purchases],
         scores=[(r.at, r.score) for r in state.score_history],
-        complaints=[c.model_copy() for c in state.complaints.values()],
+        complaints=[c.model_copy() for c in complaints] if keep else list(complaints),
         first_seen=state.first_seen_at,
     )
 

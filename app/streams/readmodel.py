@@ -86,7 +86,7 @@ class ReadModel:
             tuple((_ts(x.at), float(x.revenue), _ts(x.won_back_at) if x.won_back_at else None)
                   for x in state.lapses),
             _segment((seg.tier, seg.region, seg.channel, seg.product) if seg else _NO_SEGMENT),
-            _rfm([(p.at, float(p.amount)) for p in state.purchases]),
+            _rfm_of(state),
         )  # fmt: skip
         self.schedule(key, partition, due.timestamp())
 
@@ -147,8 +147,7 @@ class ReadModel:
             bool(d.get("high_value", False)), str(d.get("value_tier", "C")), revenue,
             _ts(first), d.get("lapsed_at") is not None, lapses,
             _segment((seg.get("tier"), seg.get("region"), seg.get("channel"), seg.get("product"))),
-            _rfm([(at, float(p["amount"])) for p in d.get("purchases", [])
-                  if (at := _dt(p["at"])) is not None]),
+            _rfm_seed(d),
         )  # fmt: skip
         scored = _dt(d.get("churn_as_of")) or last or wall
         self.schedule(key, partition, (scored + timedelta(days=1)).timestamp())
@@ -207,12 +206,23 @@ def _segment(
     return _SEGMENTS.setdefault(seg, seg)
 
 
-def _rfm(purchases: list[tuple[datetime, float]]) -> tuple[int, float, float] | None:
-    buys = [at for at, amount in purchases if amount > 0]
-    if not buys:
+def _rfm_of(state: CustomerState) -> tuple[int, float, float] | None:
+    """MBG/NBD inputs for the population fit, from the state's counters (O(1) per write).
+
+    ``purchase_count - 1`` stands for the repeat purchases: refunds and same-day
+    orders make it a slight overcount, harmless for fitting population parameters.
+    """
+    if state.first_purchase_at is None or state.last_purchase_at is None:
         return None
-    days = {at.date() for at in buys}
-    return len(days) - 1, min(buys).timestamp(), max(buys).timestamp()
+    return (max(0, state.purchase_count - 1), state.first_purchase_at.timestamp(),
+            state.last_purchase_at.timestamp())  # fmt: skip
+
+
+def _rfm_seed(d: dict[str, Any]) -> tuple[int, float, float] | None:
+    first, last = _dt(d.get("first_purchase_at")), _dt(d.get("last_purchase_at"))
+    if first is None or last is None:
+        return None
+    return max(0, int(d.get("purchase_count", 1)) - 1), first.timestamp(), last.timestamp()
 
 
 def _dt(text: str | None) -> datetime | None:
