@@ -23,9 +23,13 @@ from rich.table import Table
 from app.settings import load_settings
 
 
-def fetch(url: str, period: str, segment: str | None) -> dict[str, Any]:
+def fetch(url: str, period: str, segment: str | None, token: str | None = None
+          ) -> dict[str, Any]:  # fmt: skip
     query = {"period": period, **({"segment": segment} if segment else {})}
-    with urllib.request.urlopen(f"{url}/churn?{urllib.parse.urlencode(query)}", timeout=10) as r:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"{url}/churn?{urllib.parse.urlencode(query)}",
+                                     headers=headers)  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as r:
         body: dict[str, Any] = json.loads(r.read())
         return body
 
@@ -61,11 +65,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--url", default=None, help="a worker's HTTP address")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    s = load_settings()
     if args.url is None:
-        s = load_settings()
         args.url = f"http://{s.web_host}:{s.web_port}"
+    token = s.http_token.get_secret_value() if s.http_token else None
     try:
-        report = fetch(args.url.rstrip("/"), args.period, args.segment)
+        report = fetch(args.url.rstrip("/"), args.period, args.segment, token)
     except (urllib.error.URLError, OSError) as exc:
         print(f"feedback churn: cannot read {args.url}/churn: {exc}", file=sys.stderr)
         return 2

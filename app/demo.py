@@ -43,9 +43,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+_TOKEN: str | None = None  # FEEDBACK_HTTP_TOKEN, when the demo's worker requires one
+
+
 def _get(url: str) -> Any:
+    headers = {"Authorization": f"Bearer {_TOKEN}"} if _TOKEN else {}
     try:
-        with urllib.request.urlopen(url, timeout=3) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=3) as r:
             body = r.read().decode()
             return json.loads(body) if body.startswith(("{", "[")) else body
     except (OSError, ValueError):
@@ -219,6 +223,10 @@ async def _run(demo: Demo, settings: Settings) -> None:
     args = demo.args
     opts = SimOptions(customers=args.customers, seed=args.seed or int(time.time()),
                       rate=args.rate, speed=args.speed_days * 86400,
+                      # Start far enough back that the simulated clock does not reach
+                      # today during the run (an hour without --duration); after that
+                      # the simulator publishes in real time, never ahead of the clock.
+                      days_back=max(365.0, args.speed_days * (args.duration or 3600) + 30),
                       truth=demo.data / "ground_truth.jsonl",
                       run_id=f"demo-{uuid.uuid4().hex[:6]}")  # fmt: skip
 
@@ -261,6 +269,8 @@ def main(argv: list[str]) -> int:
         if not kafka.port_free(web_port):
             web_port = kafka.free_port()
         settings = load_settings(broker=broker, web_port=web_port)
+        global _TOKEN
+        _TOKEN = settings.http_token.get_secret_value() if settings.http_token else None
         from app.topics import ensure_topics_sync
 
         ensure_topics_sync(settings)

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    http_token: SecretStr | None = Field(None, min_length=16)
     kafka_tls: bool = False
 
     app_id: str = Field("feedback", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
@@ -74,10 +75,13 @@ class Settings(BaseSettings):
     alert_rules: Annotated[frozenset[str], NoDecode] = frozenset(ALERT_RULES)
 
     base_currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
+    # Units of base currency per unit. Without FEEDBACK_FX_RATES: the default table,
+    # rebased on FEEDBACK_BASE_CURRENCY (the defaults are relative, so that is exact).
     fx_rates: dict[str, Decimal] = Field(default_factory=lambda: dict(DEFAULT_FX_RATES))
 
     dedup_event_ids: int = Field(1000, ge=1, le=100_000)
     max_event_bytes: int = Field(65_536, ge=256)
+    max_future_skew: timedelta = Field(timedelta(hours=1), ge=timedelta(0))
     batch_size: int = Field(1000, ge=1)
     batch_within: float = Field(0.2, gt=0)
     commit_interval: float = Field(3.0, gt=0, le=60)
@@ -146,11 +150,27 @@ class Settings(BaseSettings):
                 raise ValueError(f"{code}={rate}: codes are ISO 4217 and rates positive")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rebase_default_rates(cls, data: Any) -> Any:
+        """The default FX table is in EUR; rebase it on another base currency."""
+        if not isinstance(data, dict) or data.get("fx_rates") is not None:
+            return data
+        base = str(data.get("base_currency") or "EUR").strip().upper()
+        anchor = DEFAULT_FX_RATES.get(base)
+        if anchor is None:  # a currency the defaults do not know: only itself, at 1
+            return {**data, "fx_rates": {base: Decimal(1)}}
+        return {**data, "fx_rates": {c: r / anchor for c, r in DEFAULT_FX_RATES.items()}}
+
     @model_validator(mode="after")
     def _base_rate(self) -> Settings:
         rate = self.fx_rates.get(self.base_currency)
         if rate is not None and rate != 1:
-            raise ValueError(f"rate of the base currency {self.base_currency} must be 1")
+            raise ValueError(
+                f"FEEDBACK_FX_RATES gives the base currency {self.base_currency} "
+                f"(FEEDBACK_BASE_CURRENCY) the rate {rate}; it must be 1 (rates are units "
+                "of the base currency per unit)"
+            )
         self.fx_rates.setdefault(self.base_currency, Decimal("1"))
         topics = [
             self.topic_surveys,
@@ -160,7 +180,10 @@ class Settings(BaseSettings):
             self.topic_deadletter,
         ]
         if len(set(topics)) != len(topics):
-            raise ValueError("topic names must all differ")
+            raise ValueError(
+                "FEEDBACK_TOPIC_SURVEYS, _PURCHASES, _COMPLAINTS, _ALERTS and _DEADLETTER "
+                "must all differ"
+            )
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError("FEEDBACK_SASL_MECHANISM needs FEEDBACK_SASL_USERNAME and _PASSWORD")
         return self
@@ -203,6 +226,12 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             loc = err["loc"][0] if err["loc"] else ""
-            name = f"FEEDBACK_{str(loc).upper()}" if loc else "settings"
-            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")
+            if not loc:  # a rule across settings: its message names them; no values dumped
+                problems.append(msg)
+                continue
+            name = f"FEEDBACK_{str(loc).upper()}"
+            secret = "password" in str(loc) or "token" in str(loc)
+            shown = "***" if secret else repr(err.get("input"))
+            problems.append(f"{name}: {msg} (got {shown})")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc

@@ -23,7 +23,8 @@ from app.errors import InvalidEventError
 
 SCHEMA_VERSION = 1
 Band = Literal["promoter", "passive", "detractor"]
-Id = Annotated[str, Field(min_length=1, max_length=256)]
+# No control characters (NUL, newlines...) in identifiers: they end up in keys and logs.
+Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 class _Contract(BaseModel):

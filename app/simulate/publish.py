@@ -69,6 +69,9 @@ async def publish(
                 if opts.speed > 0
                 else 0.0,
             )
+            # Never ahead of the wall clock: a record is published once it has happened.
+            ahead = ((ev.emitted_at or ev.occurred_at) - datetime.now(UTC)).total_seconds()
+            due = max(due, elapsed + ahead)
             if due > elapsed:
                 await asyncio.sleep(min(due - elapsed, 1.0))
             pending.append(await producer.send(topics[ev.kind], ev.value, key=ev.key))

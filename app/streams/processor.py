@@ -185,6 +185,12 @@ class BatchProcessor:
             except InvalidEventError as exc:
                 sends.append(await self._dead_letter(msg, exc))
                 continue
+            if event.occurred_at > now + self.settings.max_future_skew:
+                # Folding it would age the customer years ahead and prune its history.
+                sends.append(await self._dead_letter(msg, InvalidEventError(
+                    "future_event", f"occurred_at {event.occurred_at.isoformat()} is more than "
+                    f"{self.settings.max_future_skew} ahead of the clock", "occurred_at")))
+                continue
             key = event.customer_id.encode()
             if not self._well_placed(msg, key):
                 sends.append(await self._reroute(msg, key))

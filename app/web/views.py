@@ -1,7 +1,15 @@
-"""HTTP: one customer's state (routed to the owning worker) and health."""
+"""HTTP: one customer's state (routed to the owning worker), NPS, churn, at-risk, health.
+
+Views that show customer data or business figures require ``Authorization: Bearer
+<FEEDBACK_HTTP_TOKEN>`` when that setting is set (constant-time compare); ``/health``
+and ``/metrics`` stay open for probes and Prometheus.
+"""
 
 from __future__ import annotations
 
+import functools
+import hmac
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,13 +23,41 @@ if TYPE_CHECKING:
     from app.streams.processor import BatchProcessor
 
 
+Handler = Callable[..., Awaitable[Response]]
+
+
+def bearer_ok(header: str | None, token: str | None) -> bool:
+    """No token configured: open. Else the header must be ``Bearer <token>`` exactly."""
+    if token is None:
+        return True
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer "):].encode(), token.encode())
+
+
 def register(app: faust.App, processor: BatchProcessor) -> None:
     """Attach the views to the app's web server."""
     customers = processor.customers
+    secret = processor.settings.http_token
+    token = secret.get_secret_value() if secret is not None else None
     from app.streams.processor import load_state
+
+    def protected(handler: Handler) -> Handler:
+        """Refuse without the bearer token (before any routing to another worker)."""
+
+        @functools.wraps(handler)
+        async def check(self: View, request: Request, *args: Any, **kw: Any) -> Response:
+            if not bearer_ok(request.headers.get("Authorization"), token):
+                challenge = {"WWW-Authenticate": 'Bearer realm="feedback"'}
+                return self.json({"error": "missing or wrong bearer token"}, status=401,
+                                 headers=challenge)  # fmt: skip
+            return await handler(self, request, *args, **kw)
+
+        return check
 
     @app.page("/customers/{customer_id}")
     class CustomerView(View):
+        @protected
         @app.table_route(table=customers, match_info="customer_id")  # type: ignore[arg-type]
         async def get(self, request: Request, customer_id: str) -> Response:
             state = load_state(customers.get(customer_id.encode()))
@@ -32,6 +68,7 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
 
     @app.page("/nps")
     class NpsView(View):
+        @protected
         async def get(self, request: Request) -> Response:
             window = request.query.get("window")
             segment = request.query.get("segment")
@@ -44,6 +81,7 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
 
     @app.page("/churn")
     class ChurnView(View):
+        @protected
         async def get(self, request: Request) -> Response:
             period = request.query.get("period", "month")
             if period not in PERIODS:
@@ -54,6 +92,7 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
 
     @app.page("/at-risk")
     class AtRiskView(View):
+        @protected
         async def get(self, request: Request) -> Response:
             try:
                 limit = max(1, min(500, int(request.query.get("limit", "20"))))

@@ -74,11 +74,13 @@ class Worker:
         status, body = self.get("/health")
         return status == 200 and body.get("assigned_partitions", 0) > 0
 
-    def get(self, path: str) -> tuple[int, Any]:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
+                                         headers=headers or {})  # fmt: skip
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            with urllib.request.urlopen(request, timeout=5) as r:
                 raw = r.read()
                 try:
                     return r.status, json.loads(raw)

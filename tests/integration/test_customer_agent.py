@@ -171,6 +171,8 @@ BAD = {
         "survey", "x4", "bad", "2026-01-01T00:00:00Z", score=5, comment="x" * 5000
     ),  # fmt: skip
     "empty": None,
+    # A valid shape, an impossible time: folding it would age the customer years ahead.
+    "future_event": event("survey", "x5", "bad", "2099-01-01T00:00:00Z", score=5),
 }
 
 

@@ -62,3 +62,30 @@ def test_sasl_needs_credentials_and_keeps_password_secret(monkeypatch: pytest.Mo
     assert "hunter2" not in repr(s)
     kw = s.client_kwargs()
     assert kw["security_protocol"] == "SASL_PLAINTEXT" and kw["sasl_plain_password"] == "hunter2"
+
+
+def test_another_base_currency_rebases_the_default_rates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEEDBACK_BASE_CURRENCY", "USD")
+    s = load_settings()
+    assert s.fx_rates["USD"] == 1
+    assert s.fx_rates["EUR"] * Decimal("0.92") == pytest.approx(Decimal(1))
+    assert s.fx_rates["GBP"] == pytest.approx(Decimal("1.17") / Decimal("0.92"))
+    monkeypatch.setenv("FEEDBACK_BASE_CURRENCY", "NOK")  # not in the default table
+    assert load_settings().fx_rates == {"NOK": Decimal(1)}
+
+
+def test_a_rule_across_settings_names_them_and_dumps_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FEEDBACK_BASE_CURRENCY", "USD")
+    monkeypatch.setenv("FEEDBACK_FX_RATES", '{"USD": "0.92", "EUR": "1"}')
+    monkeypatch.setenv("FEEDBACK_SASL_PASSWORD", "hunter2")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "FEEDBACK_FX_RATES" in text and "FEEDBACK_BASE_CURRENCY" in text and "0.92" in text
+    assert "hunter2" not in text and "broker" not in text and "Value error" not in text
+    monkeypatch.delenv("FEEDBACK_FX_RATES")
+    monkeypatch.setenv("FEEDBACK_TOPIC_ALERTS", "feedback.surveys.v1")
+    with pytest.raises(ConfigError, match="FEEDBACK_TOPIC_SURVEYS.*must all differ"):
+        load_settings()
