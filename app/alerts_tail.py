@@ -71,10 +71,12 @@ async def tail(args: argparse.Namespace) -> int:
                 for r in records:
                     if args.limit is not None and printed >= args.limit:
                         break
+                    done = r.offset
+                    if r.value is None:  # a tombstone: the customer was erased
+                        continue
                     alert = json.loads(r.value)
                     print(json.dumps(alert) if args.json else _line(alert), flush=True)
                     printed += 1
-                    done = r.offset
                 if done is not None and args.group:
                     await consumer.commit({tp: done + 1})
     finally:

@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("simulate", help="publish realistic synthetic traffic")
     sub.add_parser("alerts", help="`alerts tail`: follow the alert topic")
     sub.add_parser("backtest", help="measure churn_risk against known outcomes (AUC, calibration)")
+    sub.add_parser("erase", help="forget a customer (GDPR erasure request)")
     sub.add_parser("churn", help="`churn report`: churn rate and loss per period, from a worker")
     return parser
 
@@ -140,6 +141,12 @@ def _backtest(argv: list[str]) -> int:
     return backtest_main(argv)
 
 
+def _erase(argv: list[str]) -> int:
+    from app.erase import main as erase_main
+
+    return erase_main(argv)
+
+
 def _churn(argv: list[str]) -> int:
     from app.churn_report import main as churn_main
 
@@ -153,6 +160,7 @@ _EXTRA: dict[str, Callable[[list[str]], int]] = {
     "alerts": _alerts,
     "backtest": _backtest,
     "churn": _churn,
+    "erase": _erase,
 }
 
 if __name__ == "__main__":

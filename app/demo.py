@@ -148,7 +148,8 @@ class Demo:
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for r in records:
-                        self.alerts.appendleft(json.loads(r.value))
+                        if r.value is not None:  # tombstones mark erased customers
+                            self.alerts.appendleft(json.loads(r.value))
                         self.alert_count += 1
         finally:
             await consumer.stop()

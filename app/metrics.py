@@ -37,6 +37,7 @@ class ServiceMetrics:
     swept: Counter
     sweep_pending: Gauge
     churn_rate: Gauge
+    erasures: Counter
     churn_lost: Gauge
     churn_revenue_lost: Gauge
     churn_safety_line: Gauge
@@ -155,6 +156,10 @@ class ServiceMetrics:
             sweep_pending=Gauge(
                 "feedback_sweep_scheduled_customers",
                 "Customers with a scheduled re-score, this worker",
+                registry=reg,
+            ),  # fmt: skip
+            erasures=Counter(
+                "feedback_erasures", "Erasure requests carried out (customers forgotten)",
                 registry=reg,
             ),  # fmt: skip
             churn_rate=Gauge(

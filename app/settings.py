@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     topic_complaints: str = "feedback.complaints.v1"
     topic_alerts: str = "feedback.alerts.v1"
     topic_deadletter: str = "feedback.deadletter.v1"
+    topic_erasure: str = "feedback.erasure.v1"
     partitions: int = Field(8, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1, le=7)
 
@@ -178,11 +179,12 @@ class Settings(BaseSettings):
             self.topic_complaints,
             self.topic_alerts,
             self.topic_deadletter,
+            self.topic_erasure,
         ]
         if len(set(topics)) != len(topics):
             raise ValueError(
-                "FEEDBACK_TOPIC_SURVEYS, _PURCHASES, _COMPLAINTS, _ALERTS and _DEADLETTER "
-                "must all differ"
+                "FEEDBACK_TOPIC_SURVEYS, _PURCHASES, _COMPLAINTS, _ALERTS, _DEADLETTER and "
+                "_ERASURE must all differ"
             )
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError("FEEDBACK_SASL_MECHANISM needs FEEDBACK_SASL_USERNAME and _PASSWORD")
@@ -214,8 +216,10 @@ class Settings(BaseSettings):
         return kw
 
     @property
-    def input_topics(self) -> tuple[str, str, str]:
-        return (self.topic_surveys, self.topic_purchases, self.topic_complaints)
+    def input_topics(self) -> tuple[str, ...]:
+        """Every co-partitioned topic the customer agent reads (erasure requests included)."""
+        return (self.topic_surveys, self.topic_purchases, self.topic_complaints,
+                self.topic_erasure)  # fmt: skip
 
 
 def load_settings(**overrides: Any) -> Settings:

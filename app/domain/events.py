@@ -79,6 +79,23 @@ class Complaint(_Event):
     severity: Literal["minor", "major"]
 
 
+class ErasureRequest(_Contract):
+    """Forget this customer (GDPR right to be forgotten), on its own topic.
+
+    Everything the service keeps about the customer goes: its state row (a
+    tombstone in the changelog), its duplicate memory, its place in the read
+    model and the Pareto summaries; the alert topic gets a tombstone for its
+    key. Segment NPS tallies are aggregates and keep their counts.
+    """
+
+    event_type: Literal["erasure"]
+    event_id: Id
+    customer_id: Id
+    occurred_at: AwareDatetime = Field(description="When the request was made.")
+    schema_version: Literal[1] = Field(description="Always 1 for this contract.")
+    reason: str | None = Field(None, max_length=500, description="Free text, never logged.")
+
+
 Event = Annotated[SurveyResponse | Purchase | Complaint, Field(discriminator="event_type")]
 AnyEvent = SurveyResponse | Purchase | Complaint
 EVENT_TYPES = ("survey", "purchase", "complaint")
@@ -174,6 +191,26 @@ def decode_event(raw: bytes | None, max_bytes: int = 65_536) -> AnyEvent:
         raise _invalid(exc) from None
 
 
+def decode_erasure(raw: bytes | None, max_bytes: int = 65_536) -> ErasureRequest:
+    """Decode an erasure request, or raise InvalidEventError with the same reason codes."""
+    if not raw:
+        raise InvalidEventError("empty", "record has no value")
+    if len(raw) > max_bytes:
+        raise InvalidEventError("oversized", f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidEventError("not_utf8", str(exc)) from None
+    try:
+        return ErasureRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        if err["type"] == "json_invalid":
+            raise InvalidEventError("not_json", err["msg"]) from None
+        loc = ".".join(str(p) for p in err["loc"]) or None
+        raise InvalidEventError("schema_violation", err["msg"], loc) from None
+
+
 def _invalid(exc: ValidationError) -> InvalidEventError:
     err = exc.errors(include_url=False)[0]
     kind = err["type"]
@@ -209,6 +246,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "complaint.v1.json": Complaint.model_json_schema(),
         "event.v1.json": EVENT_ADAPTER.json_schema(),
         "alert.v1.json": Alert.model_json_schema(),
+        "erasure.v1.json": ErasureRequest.model_json_schema(),
     }
 
 

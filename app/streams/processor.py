@@ -10,6 +10,7 @@ response twice or not at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -36,14 +37,21 @@ from app.domain.customer import (
     public_view,
     refresh,
 )
-from app.domain.events import Alert, Purchase, SurveyResponse, decode_event, encode
+from app.domain.events import (
+    Alert,
+    Purchase,
+    SurveyResponse,
+    decode_erasure,
+    decode_event,
+    encode,
+)
 from app.errors import InvalidEventError
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from app.streams.churnkpis import ChurnKpis
 from app.streams.readmodel import RISK_BUCKETS, ReadModel, risk_bucket
 from app.streams.summaries import PartitionSummaries, weighted
-from app.streams.tables import bind_event, key_partition
+from app.streams.tables import bind_event, erasure_marker_key, is_marker, key_partition
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +184,15 @@ class BatchProcessor:
         # One event per input partition: RocksDB stores pick the partition database
         # from Faust's current event, and a changelog partition is its input partition.
         by_partition: dict[int, Any] = {}
+        # customers forgotten in this batch -> (partition, time of the request)
+        erased: dict[bytes, tuple[int, datetime]] = {}
         for ev in events:
             msg = ev.message
             by_partition[msg.partition] = ev
             self._positions[(msg.topic, msg.partition)] = msg.offset + 1
+            if msg.topic == self.settings.topic_erasure:
+                sends.extend(await self._erasure(msg, work, alerts, erased))
+                continue
             try:
                 event = decode_event(msg.value, max_bytes)
             except InvalidEventError as exc:
@@ -196,15 +209,19 @@ class BatchProcessor:
                 sends.append(await self._reroute(msg, key))
                 continue
             bind_event(ev)
-            carrier[key] = ev
             state = work.get(key)
             if state is None:
-                state = self._load(key)
+                if self._erased_before(key, event.occurred_at, erased):
+                    outcomes[(event.event_type, "erased")] += 1
+                    continue
+                # After an erasure in this batch the customer starts again from nothing.
+                state = None if key in erased else self._load(key)
                 if state is None:
                     state = CustomerState(
                         customer_id=event.customer_id, currency=policy.base_currency
                     )
                 work[key] = state
+            carrier[key] = ev
             before = Snapshot.of(state)
             won_back = state.won_back
             try:
@@ -249,7 +266,7 @@ class BatchProcessor:
             if part not in self._seeded:
                 continue
             for key in self.readmodel.take_due(part, self.settings.sweep_batch_limit):
-                if key in work:
+                if key in work or key in erased:
                     continue
                 bind_event(ev)
                 state = self._load(key)
@@ -301,6 +318,8 @@ class BatchProcessor:
         # acked; a failure crashes the agent and the batch is replayed (harmless: event_id
         # dedup and the tally watermarks).
         await self._write(self.customers, writes, by_partition, sends)
+        if erased:
+            await self._forget(erased, work, by_partition)
         for (event_type, result), n in outcomes.items():
             self.metrics.events.labels(event_type, result).inc(n)
         self.metrics.batch_size.observe(len(events))
@@ -336,6 +355,75 @@ class BatchProcessor:
         for part, offset in last.items():
             # Where the local store is up to date: a restart reads only the tail.
             store.set_persisted_offset(TP(changelog, part), offset)
+
+    async def _erasure(
+        self, msg: Any, work: dict[bytes, CustomerState], alerts: list[tuple[Alert, float]],
+        erased: dict[bytes, tuple[int, datetime]],
+    ) -> list[Awaitable[Any]]:  # fmt: skip
+        """Note an erasure request: what the batch knew of the customer is dropped too."""
+        try:
+            request = decode_erasure(msg.value, self.settings.max_event_bytes)
+        except InvalidEventError as exc:
+            return [await self._dead_letter(msg, exc)]
+        key = request.customer_id.encode()
+        if not self._well_placed(msg, key):
+            return [await self._reroute(msg, key)]
+        work.pop(key, None)
+        alerts[:] = [a for a in alerts if a[0].customer_id != request.customer_id]
+        previous = erased.get(key)
+        at = request.occurred_at if previous is None else max(previous[1], request.occurred_at)
+        erased[key] = (msg.partition, at)
+        self.metrics.erasures.inc()
+        return []
+
+    def _erased_before(self, key: bytes, at: datetime,
+                       erased: dict[bytes, tuple[int, datetime]]) -> bool:  # fmt: skip
+        """The customer asked to be forgotten after this event happened: drop the event."""
+        if key in erased:
+            return at <= erased[key][1]
+        raw = self.customers.data.get(erasure_marker_key(key))
+        return raw is not None and at <= datetime.fromisoformat(json.loads(raw)["erased_at"])
+
+    async def _forget(
+        self, erased: dict[bytes, tuple[int, datetime]], work: dict[bytes, CustomerState],
+        by_partition: dict[int, Any],
+    ) -> None:  # fmt: skip
+        """Tombstones for the customers' state and alerts, a marker, then the local copies go.
+
+        The changelog tombstone is what makes it stick: compaction removes the
+        customer and a restore (fresh or own state dir) never brings it back; the
+        marker (a hash of the id and the request time) drops the customer's older
+        events if they are replayed or arrive late. A customer with events after
+        the request in this batch keeps only those (its new state was just written).
+        """
+        changelog = self.customers.changelog_topic.get_topic_name()
+        send = self.app.producer.send
+        writes: list[tuple[bytes, bytes | None, int]] = []
+        for key, (part, at) in erased.items():
+            marker = json.dumps({"erased_at": at.astimezone(UTC).isoformat()}).encode()
+            writes.append((erasure_marker_key(key), marker, part))
+            if key not in work:
+                writes.append((key, None, part))
+        futs: list[Any] = [await send(changelog, k, v, p, None, None) for k, v, p in writes]
+        futs += [await send(self.settings.topic_alerts, key, None, None, None, None)
+                 for key in erased]  # fmt: skip
+        await asyncio.gather(*futs)
+        store = self.customers.data
+        last: dict[int, int] = {}
+        for (key, raw, part), fut in zip(writes, futs, strict=False):
+            bind_event(by_partition[part])
+            if raw is not None:
+                store[key] = raw
+            else:
+                with contextlib.suppress(KeyError):
+                    del store[key]
+                self._cache.pop(key, None)
+                self.readmodel.drop(key)
+                self._revenues.get(part, {}).pop(key, None)
+            last[part] = max(last.get(part, -1), fut.result().offset)
+        for part, offset in last.items():
+            store.set_persisted_offset(TP(changelog, part), offset)
+        self._revenues_dirty = True
 
     def _partitions(self, topic: str) -> int:
         n = self._partition_counts.get(topic)
@@ -450,6 +538,8 @@ class BatchProcessor:
             if i % 5000 == 4999:
                 await asyncio.sleep(0)
             k = key if isinstance(key, bytes) else str(key).encode()
+            if is_marker(k):
+                continue
             p = key_partition(k, n)
             if p in partitions:
                 self._revenues.setdefault(p, {})[k] = self.readmodel.seed(k, p, raw, wall)

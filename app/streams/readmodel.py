@@ -114,6 +114,11 @@ class ReadModel:
     def pending(self, partition: int) -> int:
         return len(self._heaps.get(partition, []))
 
+    def drop(self, key: bytes) -> None:
+        """An erased customer: its row and its schedule go (a heap entry left is skipped)."""
+        self.rows.pop(key, None)
+        self._due.pop(key, None)
+
     def forget(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
         if not gone:

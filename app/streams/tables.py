@@ -9,6 +9,7 @@ keyed by customer_id on the co-partitioned input topics.
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from typing import Any
 
@@ -65,3 +66,21 @@ class PartitionPrefixedTable(faust.Table):  # type: ignore[type-arg]
 
     def partition_for_key(self, key: Any) -> int | None:
         return int(_as_bytes(key).split(b"|", 1)[0])
+
+
+ERASED_PREFIX = b"\x00erased|"
+
+
+def erasure_marker_key(customer_key: bytes) -> bytes:
+    """Where an erasure is remembered: a hash of the customer id, never the id itself.
+
+    The marker lives in the customers table on the customer's own changelog
+    partition, so it moves and is restored with it. It holds only the time of
+    the request, so events of the customer that happened before it (replayed
+    after a crash, or arriving late) are dropped instead of bringing it back.
+    """
+    return ERASED_PREFIX + hashlib.sha256(customer_key).hexdigest().encode()
+
+
+def is_marker(key: bytes) -> bool:
+    return key.startswith(ERASED_PREFIX)

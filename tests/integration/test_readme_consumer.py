@@ -48,7 +48,10 @@ def test_readme_consumer_prints_each_alert(kafka_broker: str, unique: str) -> No
     exec(compile(runnable, "README.md", "exec"), namespace)  # noqa: S102 - the point of the test
     topic = f"alerts-{unique}"
     alerts = [make_alert("c1", "e1"), make_alert("c2", "e2")]
-    asyncio.run(produce(kafka_broker, [(topic, a.customer_id.encode(), encode(a)) for a in alerts]))
+    records: list[tuple[str, bytes | None, bytes | None]] = [
+        (topic, a.customer_id.encode(), encode(a)) for a in alerts]
+    records.insert(1, (topic, b"c-erased", None))  # an erasure tombstone: skipped, committed
+    asyncio.run(produce(kafka_broker, records))
 
     out = io.StringIO()
 
@@ -64,4 +67,5 @@ def test_readme_consumer_prints_each_alert(kafka_broker: str, unique: str) -> No
     with contextlib.redirect_stdout(out):
         asyncio.run(run_until_printed())
     lines = out.getvalue().splitlines()
-    assert lines == [f"{a.alert_id} {a.customer_id} 2 2026-05-02T00:00:00Z" for a in alerts]
+    assert lines == [f"{a.alert_id} {a.customer_id} detractor 2026-05-02T00:00:00Z"
+                     for a in alerts]  # fmt: skip

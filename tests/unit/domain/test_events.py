@@ -78,3 +78,23 @@ def test_committed_schemas_match_models() -> None:
         committed = (ROOT / "schemas" / name).read_text()
         expected = json.dumps(schema, indent=2, sort_keys=True) + "\n"
         assert committed == expected, f"schemas/{name} drifted: run `feedback schemas export`"
+
+
+def test_erasure_request_decodes_or_gives_a_reason() -> None:
+    import json as _json
+
+    from app.domain.events import decode_erasure
+    from app.streams.tables import erasure_marker_key, is_marker
+
+    good = {"event_type": "erasure", "event_id": "x1", "customer_id": "c1",
+            "occurred_at": "2026-01-01T00:00:00Z", "schema_version": 1, "reason": "art. 17"}  # fmt: skip
+    assert decode_erasure(_json.dumps(good).encode()).customer_id == "c1"
+    for raw, reason in [(b"", "empty"), (b"{", "not_json"), (b"\xff", "not_utf8"),
+                        (_json.dumps({**good, "customer_id": ""}).encode(), "schema_violation"),
+                        (_json.dumps({**good, "extra": 1}).encode(), "schema_violation")]:  # fmt: skip
+        with pytest.raises(InvalidEventError) as info:
+            decode_erasure(raw)
+        assert info.value.reason == reason
+    marker = erasure_marker_key(b"c1")
+    assert is_marker(marker) and b"c1" not in marker and not is_marker(b"c1")
+    assert marker == erasure_marker_key(b"c1") != erasure_marker_key(b"c2")
