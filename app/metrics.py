@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+CASE_BUCKETS = (600, 3600, 4 * 3600, 12 * 3600, 86400, 2 * 86400, 3 * 86400, 7 * 86400)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
 
@@ -38,6 +39,12 @@ class ServiceMetrics:
     sweep_pending: Gauge
     churn_rate: Gauge
     erasures: Counter
+    case_time_to_ack: Histogram
+    case_time_to_contact: Histogram
+    cases_contacted: Counter
+    recovered: Counter
+    cases_open: Gauge
+    cases_overdue: Gauge
     churn_lost: Gauge
     churn_revenue_lost: Gauge
     churn_safety_line: Gauge
@@ -156,6 +163,33 @@ class ServiceMetrics:
             sweep_pending=Gauge(
                 "feedback_sweep_scheduled_customers",
                 "Customers with a scheduled re-score, this worker",
+                registry=reg,
+            ),  # fmt: skip
+            case_time_to_ack=Histogram(
+                "feedback_case_time_to_acknowledge_seconds",
+                "From the alert (event time) to CRM's first acknowledgement",
+                buckets=CASE_BUCKETS, registry=reg,
+            ),  # fmt: skip
+            case_time_to_contact=Histogram(
+                "feedback_case_time_to_contact_seconds",
+                "From the alert (event time) to CRM's first contact with the customer",
+                buckets=CASE_BUCKETS, registry=reg,
+            ),  # fmt: skip
+            cases_contacted=Counter(
+                "feedback_cases_contacted", "Cases whose customer CRM contacted, by group",
+                ["group"], registry=reg,
+            ),  # fmt: skip
+            recovered=Counter(
+                "feedback_detractors_recovered",
+                "Contacted detractors whose next answer was passive or promoter, by group",
+                ["group"], registry=reg,
+            ),  # fmt: skip
+            cases_open=Gauge(
+                "feedback_cases_open", "Open cases by age (event time), this worker",
+                ["age"], registry=reg,
+            ),  # fmt: skip
+            cases_overdue=Gauge(
+                "feedback_cases_overdue", "Open cases not contacted within the contact SLA",
                 registry=reg,
             ),  # fmt: skip
             erasures=Counter(

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     topic_alerts: str = "feedback.alerts.v1"
     topic_deadletter: str = "feedback.deadletter.v1"
     topic_erasure: str = "feedback.erasure.v1"
+    topic_alert_actions: str = "feedback.alert-actions.v1"
     partitions: int = Field(8, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1, le=7)
 
@@ -93,6 +94,8 @@ class Settings(BaseSettings):
     lapse_p_alive: float = Field(0.5, gt=0.0, lt=1.0)
     churn_refit_interval: float = Field(600.0, ge=5.0)
     sweep_batch_limit: int = Field(5000, ge=1)
+    case_contact_sla: timedelta = Field(timedelta(hours=24), gt=timedelta(0))
+    detractor_rearm_after: timedelta = Field(timedelta(days=14), ge=timedelta(0))
     churn_kpi_interval: float = Field(30.0, ge=1.0)
     churn_margin: Decimal = Field(Decimal("0.05"), ge=0, le=1)
     churn_safety_line: dict[str, float] = Field(
@@ -180,11 +183,12 @@ class Settings(BaseSettings):
             self.topic_alerts,
             self.topic_deadletter,
             self.topic_erasure,
+            self.topic_alert_actions,
         ]
         if len(set(topics)) != len(topics):
             raise ValueError(
-                "FEEDBACK_TOPIC_SURVEYS, _PURCHASES, _COMPLAINTS, _ALERTS, _DEADLETTER and "
-                "_ERASURE must all differ"
+                "FEEDBACK_TOPIC_SURVEYS, _PURCHASES, _COMPLAINTS, _ALERTS, _DEADLETTER, "
+                "_ERASURE and _ALERT_ACTIONS must all differ"
             )
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError("FEEDBACK_SASL_MECHANISM needs FEEDBACK_SASL_USERNAME and _PASSWORD")
@@ -217,9 +221,9 @@ class Settings(BaseSettings):
 
     @property
     def input_topics(self) -> tuple[str, ...]:
-        """Every co-partitioned topic the customer agent reads (erasure requests included)."""
+        """Every co-partitioned topic the customer agent reads (erasure, CRM actions included)."""
         return (self.topic_surveys, self.topic_purchases, self.topic_complaints,
-                self.topic_erasure)  # fmt: skip
+                self.topic_erasure, self.topic_alert_actions)  # fmt: skip
 
 
 def load_settings(**overrides: Any) -> Settings:

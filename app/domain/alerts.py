@@ -15,6 +15,9 @@ time advances), each once per episode with a deterministic ``alert_id``:
 - ``complaint_reply_overdue`` (version 1): a high-value customer's complaint
   is still open 24 h after it was opened (the reply standard). Once per
   complaint; the trigger is the complaint's opening event.
+- ``case_contact_overdue`` (version 1): an alert's case (app/domain/cases.py)
+  was not contacted within the contact SLA. Once per case; the trigger is the
+  case's ``alert_id``.
 
 And one about a period, not a customer (``period_alerts``):
 
@@ -31,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from app.domain import value
+from app.domain import cases, value
 from app.domain.churn_kpi import PeriodRow
 from app.domain.customer import CustomerState, Episode, Policy, refresh
 from app.domain.events import (
@@ -48,6 +51,7 @@ DETRACTOR_RULE_VERSION = 1
 SILENT_RULE_VERSION = 1
 REPLY_OVERDUE_RULE_VERSION = 1
 SAFETY_LINE_RULE_VERSION = 1
+CASE_OVERDUE_RULE_VERSION = 1
 SAFETY_LINE_GROUPS = ("overall", "tier:A", "tier:B", "tier:C")
 ALERT_NAMESPACE = uuid.UUID("6f1c8a52-3f0e-4d4b-9a57-0c2f6b1f9e11")
 SLA = timedelta(hours=24)
@@ -83,10 +87,20 @@ def evaluate(
     the survey's own event time: usually at once, or when a late purchase (or
     segment, or a new Pareto boundary) shows it. The alert always names the
     survey that caused the transition, so its ``alert_id`` does not depend on
-    arrival order. Leaving the detractor band closes the episode (re-arms).
+    arrival order.
+
+    Hysteresis: once an episode has alerted, a new low answer does not alert
+    again while its case is open (the answer is added to the case), nor unless
+    the band stayed out of detractor for ``policy.rearm_after`` first; so a
+    customer answering 6-7-6 does not page CRM every week.
     """
+    episode = after.detractor_episode
     if after.band != "detractor":
-        after.detractor_episode = None
+        if episode is not None and episode.alerted:
+            if episode.left_at is None:
+                episode.left_at = after.score_at
+        else:
+            after.detractor_episode = None
         return []
     if "detractor" not in policy.rules:
         return []
@@ -96,8 +110,11 @@ def evaluate(
         and after.score == event.score
         and after.score_history[-1].seq == after.seq
     )
-    episode = after.detractor_episode
     if newest and (before.band != "detractor" or episode is None):
+        assert isinstance(event, SurveyResponse)
+        if episode is not None and episode.alerted and _still_armed_off(after, episode,
+                                                                        event, policy):
+            return []
         episode = after.detractor_episode = Episode(
             trigger_event_id=event.event_id, at=event.occurred_at, score=after.score or 0,
             previous_band=before.band if before.band != "detractor" else None,
@@ -128,6 +145,21 @@ def evaluate(
                    before.score, revenue, tier, policy, now)]  # fmt: skip
 
 
+def _still_armed_off(state: CustomerState, episode: Episode, event: SurveyResponse,
+                     policy: Policy) -> bool:  # fmt: skip
+    """The alerted episode goes on: its case is open, or the band came back too soon."""
+    open_case = next((c for c in reversed(state.cases)
+                      if c.rule == "detractor" and c.is_open), None)  # fmt: skip
+    too_soon = episode.left_at is not None and event.occurred_at - episode.left_at < \
+        policy.rearm_after  # fmt: skip
+    if open_case is None and not too_soon:
+        return False
+    episode.left_at = None
+    if open_case is not None:
+        open_case.later_scores.append(event.score)
+    return True
+
+
 def _high_value(
     state: CustomerState, at: datetime, policy: Policy
 ) -> tuple[bool, value.Tier, Decimal]:
@@ -148,6 +180,8 @@ def _alert(
     if rule == "detractor":
         state.detractor_alerted_at = at
     state.alerts_sent += 1
+    cases.open_case(state.cases, alert_id(rule, state.customer_id, trigger), rule, trigger, at,
+                    policy.contact_sla)  # fmt: skip
     return Alert(
         alert_id=alert_id(rule, state.customer_id, trigger),
         rule=rule,
@@ -206,6 +240,16 @@ def evaluate_time(state: CustomerState, policy: Policy, stream_now: datetime,
                               tier, policy, now, "complaint_reply_overdue",
                               REPLY_OVERDUE_RULE_VERSION, stream_now, complaint_id=c.complaint_id,
                               sla_due=c.opened_at + SLA))  # fmt: skip
+    if "case_contact_overdue" in policy.rules:
+        for case in state.cases:
+            if case.escalated or not case.overdue(stream_now):
+                continue
+            case.escalated = True
+            _, tier, revenue = _high_value(state, stream_now, policy)
+            out.append(_alert(state, case.alert_id, state.score, case.contact_due_at, None, None,
+                              revenue, tier, policy, now, "case_contact_overdue",
+                              CASE_OVERDUE_RULE_VERSION, stream_now,
+                              sla_due=case.contact_due_at))  # fmt: skip
     known = set(state.complaints)
     if any(k not in known for k in state.reply_overdue_alerted):
         state.reply_overdue_alerted = [k for k in state.reply_overdue_alerted if k in known]

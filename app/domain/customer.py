@@ -17,9 +17,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.domain import churn, complaints, nps, value
+from app.domain import cases, churn, complaints, nps, value
+from app.domain.cases import Case
 from app.domain.complaints import ComplaintRecord
-from app.domain.events import AnyEvent, Band, Complaint, Purchase, Segment, SurveyResponse
+from app.domain.events import (
+    AlertAction,
+    AnyEvent,
+    Band,
+    Complaint,
+    Purchase,
+    Segment,
+    SurveyResponse,
+)
 
 NPS_WINDOW = timedelta(days=90)
 # Purchases are kept two trailing windows deep so a late event still sees its own year.
@@ -50,7 +59,11 @@ class Policy:
     churn_model: churn.ChurnModel = field(default_factory=churn.load_model)
     # A customer whose P(alive) falls below this is lapsed (a lost customer for the KPIs).
     lapse_p_alive: float = 0.5
-    rules: frozenset[str] = frozenset({"detractor", "silent", "complaint_reply_overdue"})
+    contact_sla: timedelta = timedelta(hours=24)  # a case must be contacted within this
+    rearm_after: timedelta = timedelta(days=14)  # out of detractor this long re-arms the rule
+    rules: frozenset[str] = frozenset(
+        {"detractor", "silent", "complaint_reply_overdue", "case_contact_overdue"}
+    )
 
 
 class Response(BaseModel):
@@ -89,6 +102,7 @@ class Episode(BaseModel):
     previous_score: int | None = None
     alerted: bool = False
     alerted_at: datetime | None = None
+    left_at: datetime | None = None  # when the band left detractor after the alert
 
 
 class CustomerState(BaseModel):
@@ -139,6 +153,8 @@ class CustomerState(BaseModel):
     won_back: int = 0
     silent_alerted: str | None = None
     reply_overdue_alerted: list[str] = Field(default_factory=list)
+    cases: list[Case] = Field(default_factory=list)
+    recovered: int = 0
 
     detractor_episode: Episode | None = None
     detractor_alerted_at: datetime | None = None
@@ -213,7 +229,10 @@ def _survey(state: CustomerState, event: Any, _: Decimal | None) -> Outcome:
     if len(history) > 1:
         state.previous_score = history[-2].score
         state.previous_band = nps.band(history[-2].score)
-    return Outcome.PROCESSED if newest is entry else Outcome.LATE
+    if newest is not entry:
+        return Outcome.LATE
+    state.recovered += len(cases.recover(state.cases, state.band, ev.occurred_at))
+    return Outcome.PROCESSED
 
 
 def _purchase(state: CustomerState, event: Any, amount: Decimal | None) -> Outcome:
@@ -398,6 +417,8 @@ def public_view(
         "lapsed": state.lapsed_at is not None,
         "lapsed_at": iso(state.lapsed_at),
         "won_back": state.won_back,
+        "cases": [case_view(c, as_of) for c in state.cases],
+        "recovered_detractors": state.recovered,
         "open_complaints": state.open_complaints,
         "open_complaint_details": open_list,
         "resolution_hours": resolutions,
@@ -424,5 +445,37 @@ def next_check(state: CustomerState, policy: Policy, now: datetime) -> datetime:
             breach = c.opened_at + complaints.REPLY_STANDARD + timedelta(seconds=1)
             if now < breach < due:
                 due = breach
+    for case in state.cases:
+        if case.contacted_at is None and case.is_open and not case.escalated:
+            overdue = case.contact_due_at + timedelta(seconds=1)
+            if now < overdue < due:
+                due = overdue
     return due
 
+
+def apply_action(state: CustomerState, action: AlertAction) -> Outcome:
+    """Fold one CRM action into the case of its alert (a repeated ``event_id`` does nothing).
+
+    An action is CRM's activity, not the customer's: it changes no clock, count
+    or figure of the customer, only the case. Raises InvalidEventError
+    ``unknown_alert`` when the customer has no case for the alert.
+    """
+    if action.event_id in state.recent_event_ids:
+        return Outcome.DUPLICATE
+    cases.act(state.cases, action.alert_id, action.action, action.actor, action.occurred_at)
+    state.recent_event_ids.append(action.event_id)
+    return Outcome.PROCESSED
+
+
+
+def case_view(c: Case, now: datetime | None) -> dict[str, Any]:
+    """One case as CRM reads it."""
+    return {
+        "alert_id": c.alert_id, "rule": c.rule, "status": c.status,
+        "opened_at": iso(c.opened_at), "contact_due_at": iso(c.contact_due_at),
+        "overdue": c.overdue(now) if now else False,
+        "acknowledged_at": iso(c.acknowledged_at), "contacted_at": iso(c.contacted_at),
+        "resolved_at": iso(c.resolved_at), "dismissed_at": iso(c.dismissed_at),
+        "actor": c.actor, "escalated": c.escalated, "recovered_at": iso(c.recovered_at),
+        "later_scores": list(c.later_scores),
+    }  # fmt: skip

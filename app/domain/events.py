@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -96,14 +96,30 @@ class ErasureRequest(_Contract):
     reason: str | None = Field(None, max_length=500, description="Free text, never logged.")
 
 
+class AlertAction(_Contract):
+    """What CRM did about an alert; moves the alert's case (README: Closing the loop)."""
+
+    event_type: Literal["alert_action"]
+    event_id: Id = Field(description="Unique; a re-delivered action is counted once.")
+    alert_id: Id
+    customer_id: Id
+    action: Literal["acknowledged", "contacted", "resolved", "dismissed"]
+    actor: Id = Field(description="Who acted (a CRM user or system).")
+    note: str | None = Field(None, max_length=1000, description="Free text, never logged.")
+    occurred_at: AwareDatetime = Field(description="When it was done, RFC 3339 with offset.")
+    schema_version: Literal[1] = Field(description="Always 1 for this contract.")
+
+
 Event = Annotated[SurveyResponse | Purchase | Complaint, Field(discriminator="event_type")]
 AnyEvent = SurveyResponse | Purchase | Complaint
 EVENT_TYPES = ("survey", "purchase", "complaint")
 
 
-AlertRule = Literal["detractor", "silent", "complaint_reply_overdue", "churn_safety_line"]
+AlertRule = Literal[
+    "detractor", "silent", "complaint_reply_overdue", "case_contact_overdue", "churn_safety_line"
+]
 ALERT_RULES: tuple[str, ...] = (
-    "detractor", "silent", "complaint_reply_overdue", "churn_safety_line",
+    "detractor", "silent", "complaint_reply_overdue", "case_contact_overdue", "churn_safety_line",
 )  # fmt: skip
 PERIOD_ALERT_CUSTOMER = "*"
 
@@ -193,6 +209,18 @@ def decode_event(raw: bytes | None, max_bytes: int = 65_536) -> AnyEvent:
 
 def decode_erasure(raw: bytes | None, max_bytes: int = 65_536) -> ErasureRequest:
     """Decode an erasure request, or raise InvalidEventError with the same reason codes."""
+    return _decode_model(ErasureRequest, raw, max_bytes)
+
+
+def decode_action(raw: bytes | None, max_bytes: int = 65_536) -> AlertAction:
+    """Decode an alert action, or raise InvalidEventError with the same reason codes."""
+    return _decode_model(AlertAction, raw, max_bytes)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _decode_model(model: type[M], raw: bytes | None, max_bytes: int) -> M:
     if not raw:
         raise InvalidEventError("empty", "record has no value")
     if len(raw) > max_bytes:
@@ -202,7 +230,7 @@ def decode_erasure(raw: bytes | None, max_bytes: int = 65_536) -> ErasureRequest
     except UnicodeDecodeError as exc:
         raise InvalidEventError("not_utf8", str(exc)) from None
     try:
-        return ErasureRequest.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         if err["type"] == "json_invalid":
@@ -247,6 +275,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         "event.v1.json": EVENT_ADAPTER.json_schema(),
         "alert.v1.json": Alert.model_json_schema(),
         "erasure.v1.json": ErasureRequest.model_json_schema(),
+        "alert_action.v1.json": AlertAction.model_json_schema(),
     }
 
 

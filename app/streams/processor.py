@@ -31,6 +31,7 @@ from app.domain.customer import (
     CustomerState,
     Outcome,
     Policy,
+    apply_action,
     fold,
     iso,
     next_check,
@@ -41,6 +42,7 @@ from app.domain.events import (
     Alert,
     Purchase,
     SurveyResponse,
+    decode_action,
     decode_erasure,
     decode_event,
     encode,
@@ -65,6 +67,8 @@ def policy_from(
         churn_model=model or settings.churn_model(),
         lapse_p_alive=settings.lapse_p_alive,
         rules=settings.alert_rules,
+        contact_sla=settings.case_contact_sla,
+        rearm_after=settings.detractor_rearm_after,
         base_currency=settings.base_currency,
         fx_rates=dict(settings.fx_rates),
         value_policy=value.ValuePolicy(
@@ -193,6 +197,9 @@ class BatchProcessor:
             if msg.topic == self.settings.topic_erasure:
                 sends.extend(await self._erasure(msg, work, alerts, erased))
                 continue
+            if msg.topic == self.settings.topic_alert_actions:
+                sends.extend(await self._action(ev, work, carrier, erased, outcomes))
+                continue
             try:
                 event = decode_event(msg.value, max_bytes)
             except InvalidEventError as exc:
@@ -223,7 +230,7 @@ class BatchProcessor:
                 work[key] = state
             carrier[key] = ev
             before = Snapshot.of(state)
-            won_back = state.won_back
+            won_back, recovered = state.won_back, state.recovered
             try:
                 outcome = fold(state, event, policy)
             except InvalidEventError as exc:
@@ -235,6 +242,9 @@ class BatchProcessor:
                 self._revenues_dirty = True
             if state.won_back > won_back:
                 self.metrics.won_back.inc()
+            if state.recovered > recovered:
+                for group in _groups(state):
+                    self.metrics.recovered.labels(group).inc(state.recovered - recovered)
             last_event[key] = event
             self.readmodel.advance(msg.partition, event.occurred_at, now)
             outcomes[(event.event_type, outcome.value)] += 1
@@ -374,6 +384,46 @@ class BatchProcessor:
         at = request.occurred_at if previous is None else max(previous[1], request.occurred_at)
         erased[key] = (msg.partition, at)
         self.metrics.erasures.inc()
+        return []
+
+    async def _action(
+        self, ev: Any, work: dict[bytes, CustomerState], carrier: dict[bytes, Any],
+        erased: dict[bytes, tuple[int, datetime]], outcomes: Counter[tuple[str, str]],
+    ) -> list[Awaitable[Any]]:  # fmt: skip
+        """Fold a CRM action into its case; an action for an unknown alert is dead-lettered."""
+        msg = ev.message
+        try:
+            action = decode_action(msg.value, self.settings.max_event_bytes)
+        except InvalidEventError as exc:
+            return [await self._dead_letter(msg, exc)]
+        key = action.customer_id.encode()
+        if not self._well_placed(msg, key):
+            return [await self._reroute(msg, key)]
+        bind_event(ev)
+        state = work.get(key)
+        if state is None and key not in erased:
+            state = self._load(key)
+        if state is None:
+            unknown = InvalidEventError("unknown_alert", "no such customer", "customer_id")
+            return [await self._dead_letter(msg, unknown)]
+        known = {c.alert_id: (c.acknowledged_at, c.contacted_at) for c in state.cases}
+        try:
+            outcome = apply_action(state, action)
+        except InvalidEventError as exc:
+            return [await self._dead_letter(msg, exc)]
+        work[key], carrier[key] = state, ev
+        outcomes[("alert_action", outcome.value)] += 1
+        case = next((c for c in state.cases if c.alert_id == action.alert_id), None)
+        if case is not None and action.alert_id in known:
+            acked, contacted = known[action.alert_id]
+            if acked is None and case.acknowledged_at is not None:
+                self.metrics.case_time_to_ack.observe(
+                    max(0.0, (case.acknowledged_at - case.opened_at).total_seconds()))
+            if contacted is None and case.contacted_at is not None:
+                self.metrics.case_time_to_contact.observe(
+                    max(0.0, (case.contacted_at - case.opened_at).total_seconds()))
+                for group in _groups(state):
+                    self.metrics.cases_contacted.labels(group).inc()
         return []
 
     def _erased_before(self, key: bytes, at: datetime,
@@ -585,6 +635,14 @@ class BatchProcessor:
             self.metrics.customers_by_risk.labels(bucket).set(risks[bucket])
         pending = sum(self.readmodel.pending(p) for p in self._owned)
         self.metrics.sweep_pending.set(pending)
+        ages: Counter[str] = Counter()
+        overdue = 0
+        for _, (_, _, _, opened, due, contacted), now in self.readmodel.open_cases():
+            ages[case_age(now - opened)] += 1
+            overdue += (not contacted) and now > due
+        for bucket in CASE_AGES:
+            self.metrics.cases_open.labels(bucket).set(ages[bucket])
+        self.metrics.cases_overdue.set(overdue)
         for tp in self.app.assignor.assigned_actives():
             if tp.topic not in self.settings.input_topics:
                 continue
@@ -682,6 +740,25 @@ class BatchProcessor:
         """Churn per period over all workers' partitions (others as of their last summary)."""
         return self.kpis.report(period, self._owned, group)
 
+    def cases(self, status: str | None, overdue: bool | None, limit: int) -> list[dict[str, Any]]:
+        """This worker's open cases, oldest first, filtered by status and overdue."""
+        out = []
+        for row, (alert, rule, st, opened, due, contacted), now in self.readmodel.open_cases(
+            self._owned or None
+        ):
+            late = (not contacted) and now > due
+            if status not in (None, "open") and st != status:
+                continue
+            if overdue is not None and late != overdue:
+                continue
+            out.append({"customer_id": row.customer_id, "alert_id": alert, "rule": rule,
+                        "status": st, "opened_at": _iso_ts(opened),
+                        "contact_due_at": _iso_ts(due), "overdue": late,
+                        "value_tier": row.tier})  # fmt: skip
+            if len(out) >= limit:
+                break
+        return out
+
     def customer_view(self, state: CustomerState) -> dict[str, Any]:
         """One customer as of its partition's stream time (risk re-scored on read)."""
         key = state.customer_id.encode()
@@ -707,6 +784,27 @@ class BatchProcessor:
         keys = {_text(k): k for k in self.nps_tallies.keys()}
         for key in segments.expired(list(keys), as_of, owned):
             del self.nps_tallies[keys[key]]
+
+
+CASE_AGES = ("under_1d", "1d_3d", "3d_7d", "over_7d")
+
+
+def case_age(seconds: float) -> str:
+    """The age bucket an open case is counted in."""
+    days = seconds / 86400
+    return "under_1d" if days < 1 else "1d_3d" if days < 3 else "3d_7d" if days < 7 else "over_7d"
+
+
+def _iso_ts(ts: float) -> str | None:
+    return iso(datetime.fromtimestamp(ts, UTC)) if ts else None
+
+
+def _groups(state: CustomerState) -> list[str]:
+    """Metric groups of a customer: overall, its value tier and its segment values."""
+    seg = state.segment
+    parts = [("member_tier", seg.tier), ("region", seg.region), ("channel", seg.channel),
+             ("product", seg.product)] if seg else []  # fmt: skip
+    return ["overall", f"tier:{state.value_tier}", *(f"{k}:{v}" for k, v in parts if v)]
 
 
 def _alert_pending(state: CustomerState) -> bool:

@@ -34,6 +34,9 @@ def risk_bucket(risk: float) -> str:
     return "low" if risk < 0.3 else "medium" if risk < 0.6 else "high"
 
 
+CaseRow = tuple[str, str, str, float, float, bool]  # alert, rule, status, opened, due, contacted
+
+
 @dataclass(slots=True)
 class Row:
     """One customer as the read side needs it (about 200 bytes)."""
@@ -49,6 +52,8 @@ class Row:
     lapses: tuple[tuple[float, float, float | None], ...]  # (at, revenue, won back at)
     segment: tuple[str | None, str | None, str | None, str | None]  # tier, region, ch., product
     rfm: tuple[int, float, float] | None  # MBG/NBD: repeat purchases, first and last (epoch s)
+    # open cases: (alert_id, rule, status, opened, contact due, contacted) with epoch seconds
+    cases: tuple[CaseRow, ...] = ()
 
 
 def _ts(at: datetime | None) -> float:
@@ -87,6 +92,9 @@ class ReadModel:
                   for x in state.lapses),
             _segment((seg.tier, seg.region, seg.channel, seg.product) if seg else _NO_SEGMENT),
             _rfm_of(state),
+            tuple((c.alert_id, c.rule, c.status, c.opened_at.timestamp(),
+                   c.contact_due_at.timestamp(), c.contacted_at is not None)
+                  for c in state.cases if c.is_open),
         )  # fmt: skip
         self.schedule(key, partition, due.timestamp())
 
@@ -153,6 +161,9 @@ class ReadModel:
             _ts(first), d.get("lapsed_at") is not None, lapses,
             _segment((seg.get("tier"), seg.get("region"), seg.get("channel"), seg.get("product"))),
             _rfm_seed(d),
+            tuple((c["alert_id"], c["rule"], c["status"], _ts(_dt(c["opened_at"])),
+                   _ts(_dt(c["contact_due_at"])), c.get("contacted_at") is not None)
+                  for c in d.get("cases", []) if c["status"] not in ("resolved", "dismissed")),
         )  # fmt: skip
         scored = _dt(d.get("churn_as_of")) or last or wall
         self.schedule(key, partition, (scored + timedelta(days=1)).timestamp())
@@ -175,6 +186,18 @@ class ReadModel:
             risks[risk_bucket(r.risk)] += 1
             lapsed += r.lapsed
         return tiers, risks, lapsed
+
+    def open_cases(self, partitions: set[int] | None = None) -> list[tuple[Row, CaseRow, float]]:
+        """Open cases with their row and the partition's stream time (epoch s), oldest first."""
+        out = []
+        for r in self.rows.values():
+            if not r.cases or (partitions is not None and r.partition not in partitions):
+                continue
+            clock = self._clock.get(r.partition)
+            now = clock.timestamp() if clock else 0.0
+            out += [(r, c, now) for c in r.cases]
+        out.sort(key=lambda x: (x[1][3], x[0].customer_id))
+        return out
 
     def rfm(self, limit: int) -> list[tuple[int, float, float]]:
         """MBG/NBD inputs (x, t_x, T in days) of up to ``limit`` customers, as of stream time."""

@@ -90,6 +90,45 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
             group = request.query.get("segment")
             return self.json(processor.churn_report(period, group))
 
+    @app.page("/cases")
+    class CasesView(View):
+        @protected
+        async def get(self, request: Request) -> Response:
+            status = request.query.get("status", "open")
+            if status not in ("open", "acknowledged", "contacted"):
+                return self.json({"error": "status must be open, acknowledged or contacted "
+                                  "(closed cases are not listed)", "status": status},
+                                 status=400)  # fmt: skip
+            flag = request.query.get("overdue")
+            overdue = None if flag is None else flag.lower() in ("1", "true", "yes")
+            try:
+                limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+            except ValueError:
+                return self.json({"error": "limit must be an integer"}, status=400)
+            found = processor.cases(status, overdue, limit)
+            scope = request.query.get("scope", "all")
+            if scope == "all":
+                found += await _other_workers(request, limit)
+                found.sort(key=lambda c: (c["opened_at"], c["customer_id"]))
+            return self.json({"scope": scope, "cases": found[:limit]})
+
+    async def _other_workers(request: Request, limit: int) -> list[dict[str, Any]]:
+        """Each other worker's own cases (its ``scope=local`` answer), with the caller's token."""
+        me = str(app.conf.canonical_url).rstrip("/")
+        hosts = {str(h).rstrip("/") for h in app.router.tables_metadata()} - {me}
+        query = {**request.query, "scope": "local", "limit": str(limit)}
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        out: list[dict[str, Any]] = []
+        for host in sorted(hosts):
+            try:
+                async with app.http_client.get(f"{host}/cases", params=query,
+                                               headers=headers) as r:  # fmt: skip
+                    if r.status == 200:
+                        out += (await r.json()).get("cases", [])
+            except OSError:
+                continue  # a worker going away: its cases are back once it is reassigned
+        return out
+
     @app.page("/at-risk")
     class AtRiskView(View):
         @protected

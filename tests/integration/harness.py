@@ -36,6 +36,8 @@ def worker_env(bootstrap: str, unique: str, data_dir: Path, **extra: str) -> dic
         FEEDBACK_TOPIC_COMPLAINTS=f"complaints-{unique}",
         FEEDBACK_TOPIC_ALERTS=f"alerts-{unique}",
         FEEDBACK_TOPIC_DEADLETTER=f"deadletter-{unique}",
+        FEEDBACK_TOPIC_ERASURE=f"erasure-{unique}",
+        FEEDBACK_TOPIC_ALERT_ACTIONS=f"alert-actions-{unique}",
         FEEDBACK_HIGH_VALUE_TOP_SHARE="0",
     )
     env.update(extra)

@@ -56,3 +56,4 @@ def test_tail_json_and_group_commits_only_what_it_printed(kafka_broker: str, uni
     table = tail(kafka_broker, topic, "--from-beginning", "--limit", "5")
     lines = table.stdout.splitlines()
     assert lines[0].split()[:3] == ["emitted_at", "rule", "customer_id"] and len(lines) == 6
+    assert lines[0].split()[-1] == "case" and lines[1].split()[-1] == "-", "no worker: no status"

@@ -15,7 +15,7 @@ import pytest
 from app.domain.alerts import alert_id
 from app.domain.events import Alert, encode
 
-from .harness import produce
+from .harness import consume_all, produce
 
 pytestmark = pytest.mark.integration
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -42,7 +42,7 @@ def make_alert(customer: str, event_id: str) -> Alert:
 
 def test_readme_consumer_prints_each_alert(kafka_broker: str, unique: str) -> None:
     code = readme_example()
-    assert len(code.strip().splitlines()) <= 20
+    assert len(code.strip().splitlines()) <= 30, "a few lines a CRM team can copy"
     runnable = code.replace("asyncio.run(main())", "")
     namespace: dict[str, object] = {}
     exec(compile(runnable, "README.md", "exec"), namespace)  # noqa: S102 - the point of the test
@@ -56,7 +56,8 @@ def test_readme_consumer_prints_each_alert(kafka_broker: str, unique: str) -> No
     out = io.StringIO()
 
     async def run_until_printed() -> None:
-        task = asyncio.ensure_future(namespace["main"](kafka_broker, topic))  # type: ignore[operator]
+        task = asyncio.ensure_future(
+            namespace["main"](kafka_broker, topic, f"actions-{unique}"))  # type: ignore[operator]
         deadline = asyncio.get_running_loop().time() + 60
         while out.getvalue().count("\n") < 2 and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
@@ -69,3 +70,10 @@ def test_readme_consumer_prints_each_alert(kafka_broker: str, unique: str) -> No
     lines = out.getvalue().splitlines()
     assert lines == [f"{a.alert_id} {a.customer_id} detractor 2026-05-02T00:00:00Z"
                      for a in alerts]  # fmt: skip
+    # ... and published an action back for each, in our contract, keyed by customer.
+    from app.domain.events import decode_action
+
+    acted = asyncio.run(consume_all(kafka_broker, f"actions-{unique}", lambda r: len(r) >= 2))
+    got = [(r.key, decode_action(r.value)) for r in acted]
+    assert [(k, a.alert_id, a.action) for k, a in got] == [
+        (a.customer_id.encode(), a.alert_id, "acknowledged") for a in alerts]

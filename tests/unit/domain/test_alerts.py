@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -6,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from app.domain.alerts import Snapshot, alert_id, evaluate, evaluate_time
-from app.domain.customer import CustomerState, Policy, apply, refresh
-from app.domain.events import Alert, AnyEvent
+from app.domain.customer import CustomerState, Outcome, Policy, apply, apply_action, refresh
+from app.domain.events import Alert, AlertAction, AnyEvent
 from app.domain.value import ValuePolicy
+from app.errors import InvalidEventError
 
 from .factory import at, complaint, purchase, survey
 
@@ -58,7 +60,7 @@ def test_high_value_promoter_turning_detractor_alerts_once_with_full_payload() -
         ([5], 1),  # no score yet -> detractor
         ([8, 6], 1),  # passive -> detractor
         ([9, 4, 3, 2], 1),  # stays detractor: no repeat
-        ([9, 4, 8, 4], 2),  # left detractor: re-armed
+        ([9, 4, 8, 4], 1),  # left detractor for a day, case still open: no second page
         ([9, 10, 7], 0),
     ],
 )
@@ -141,7 +143,11 @@ def test_same_alert_wherever_the_purchase_arrives_between_the_surveys(purchase_a
     assert alerts[0].previous_band == "promoter" and alerts[0].trailing_revenue == 5000
 
 
-def timed(events: list[AnyEvent], then: datetime, policy: Policy = POLICY
+# The time-driven rules of a customer, without the escalation of their cases (tested apart).
+TIMED = replace(POLICY, rules=frozenset({"detractor", "silent", "complaint_reply_overdue"}))
+
+
+def timed(events: list[AnyEvent], then: datetime, policy: Policy = TIMED
           ) -> tuple[CustomerState, list[Alert]]:  # fmt: skip
     """Fold events, then let stream time reach ``then`` the way the sweep does."""
     state, _ = run(events, policy)
@@ -162,7 +168,7 @@ def test_complaint_past_the_reply_standard_alerts_once_for_high_value() -> None:
     assert a.occurred_at == at(2) and a.sla_due_at == at(2)
     assert state.sla_breaches == 1 and state.reply_overdue_alerted == ["k9"]
     # Time passes further: the same complaint never alerts again.
-    assert evaluate_time(state, POLICY, at(9), NOW) == []
+    assert evaluate_time(state, TIMED, at(9), NOW) == []
 
 
 def test_complaint_overdue_not_for_low_value_nor_when_resolved_in_time() -> None:
@@ -182,12 +188,12 @@ def test_silent_high_value_customer_alerts_once_per_lapse_and_rearms_when_won_ba
     assert [(a.rule, a.trigger_event_id) for a in alerts] == [("silent", "p190")]
     assert alerts[0].alert_id == alert_id("silent", "c1", "p190")
     assert alerts[0].p_alive == state.p_alive and alerts[0].occurred_at == at(400)
-    assert evaluate_time(state, POLICY, at(420), NOW) == [], "once per episode"
-    back, _ = apply(state, purchase(3000, day=421, event_id="p421"), POLICY)
+    assert evaluate_time(state, TIMED, at(420), NOW) == [], "once per episode"
+    back, _ = apply(state, purchase(3000, day=421, event_id="p421"), TIMED)
     assert back.lapsed_at is None and back.won_back == 1
     assert back.lapses[-1].won_back_at == at(421)
-    refresh(back, POLICY, at(600))
-    again = evaluate_time(back, POLICY, at(600), NOW)
+    refresh(back, TIMED, at(600))
+    again = evaluate_time(back, TIMED, at(600), NOW)
     assert [a.trigger_event_id for a in again] == ["p421"], "a new silence is a new episode"
 
 
@@ -220,3 +226,78 @@ def test_period_above_the_safety_line_alerts_per_group_with_its_figures() -> Non
     assert a.trailing_revenue == Decimal("3000") and fig.churn_loss == Decimal("150.00")
     assert a.occurred_at == as_of
     assert Alert.model_validate_json(a.model_dump_json()) == a
+
+
+
+def action(alert: str, what: str, day: float, eid: str | None = None) -> AlertAction:
+    return AlertAction(event_type="alert_action", event_id=eid or f"a-{alert}-{what}-{day}",
+                       alert_id=alert, customer_id="c1", action=what, actor="agent-7",
+                       occurred_at=at(day), schema_version=1)  # type: ignore[arg-type]
+
+
+def test_every_customer_alert_opens_a_case_that_crm_actions_move() -> None:
+    state, alerts = run([purchase(5000, day=0), survey(9, day=1), survey(2, day=2, event_id="s")])
+    (case,) = state.cases
+    assert (case.alert_id, case.rule, case.status) == (alerts[0].alert_id, "detractor", "open")
+    assert case.opened_at == at(2) and case.contact_due_at == at(3)
+    apply_action(state, action(case.alert_id, "acknowledged", 2.1))
+    apply_action(state, action(case.alert_id, "contacted", 2.5))
+    apply_action(state, action(case.alert_id, "acknowledged", 2.2))  # late, older: kept, no effect
+    assert (case.status, case.acknowledged_at, case.contacted_at) == ("contacted", at(2.1), at(2.5))
+    assert case.actor == "agent-7" and not case.overdue(at(9))
+    again = action(case.alert_id, "resolved", 3, eid="dup")
+    assert apply_action(state, again) is Outcome.PROCESSED
+    assert apply_action(state, again) is Outcome.DUPLICATE
+    before = state.model_dump()
+    with pytest.raises(InvalidEventError) as info:
+        apply_action(state, action("no-such-alert", "contacted", 3))
+    assert info.value.reason == "unknown_alert" and state.model_dump() == before
+
+
+def test_case_not_contacted_in_time_escalates_once() -> None:
+    state, alerts = run([purchase(5000, day=0), survey(2, day=1)])
+    case = state.cases[0]
+    refresh(state, POLICY, at(1.9))
+    assert evaluate_time(state, POLICY, at(1.9), NOW) == []
+    refresh(state, POLICY, at(2.5))
+    (escalation,) = evaluate_time(state, POLICY, at(2.5), NOW)
+    assert (escalation.rule, escalation.trigger_event_id) == ("case_contact_overdue", case.alert_id)
+    assert escalation.alert_id == alert_id("case_contact_overdue", "c1", case.alert_id)
+    assert escalation.occurred_at == at(2) and len(state.cases) == 1, "escalations open no case"
+    assert evaluate_time(state, POLICY, at(5), NOW) == []
+    contacted, _ = run([purchase(5000, day=0), survey(2, day=1)])
+    apply_action(contacted, action(contacted.cases[0].alert_id, "contacted", 1.5))
+    assert evaluate_time(contacted, POLICY, at(5), NOW) == []
+
+
+def test_contacted_detractor_answering_passive_is_recovered() -> None:
+    state, _ = run([purchase(5000, day=0), survey(2, day=1)])
+    apply_action(state, action(state.cases[0].alert_id, "contacted", 2))
+    state, _ = apply(state, survey(8, day=10), POLICY)
+    assert state.recovered == 1 and state.cases[0].recovered_at == at(10)
+    state, _ = apply(state, survey(10, day=11), POLICY)
+    assert state.recovered == 1, "recovered once"
+    uncontacted, _ = run([purchase(5000, day=0), survey(2, day=1), survey(9, day=10)])
+    assert uncontacted.recovered == 0
+
+
+def test_hysteresis_rearms_only_after_the_case_closes_and_time_out_of_detractor() -> None:
+    state, first = run([purchase(5000, day=0), survey(2, day=1)])
+    state, later = run_more(state, [survey(7, day=5), survey(3, day=6)])
+    case = state.cases[0]
+    assert later == [] and case.later_scores == [3], "open case: the answer joins it"
+    apply_action(state, action(case.alert_id, "resolved", 7))
+    state, later = run_more(state, [survey(8, day=8), survey(4, day=12)])
+    assert later == [], "out of detractor 4 days < 14: not re-armed"
+    state, later = run_more(state, [survey(9, day=13), survey(1, day=40)])
+    assert [a.score for a in later] == [1], "resolved and 27 days out: a new episode alerts"
+    assert len(state.cases) == 2
+
+
+def run_more(state: CustomerState, events: list[AnyEvent]) -> tuple[CustomerState, list[Alert]]:
+    alerts: list[Alert] = []
+    for e in events:
+        before = Snapshot.of(state)
+        state, _ = apply(state, e, POLICY)
+        alerts += evaluate(before, state, e, POLICY, NOW)
+    return state, alerts
