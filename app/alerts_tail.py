@@ -171,6 +171,10 @@ async def ack(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["diff"]:
+        from app.shadow import main_diff
+
+        return main_diff(argv[1:])
     if argv[:1] == ["ack"]:
         a = argparse.ArgumentParser(prog="feedback alerts ack",
                                     description="tell the service what CRM did about an alert")
@@ -184,7 +188,7 @@ def main(argv: list[str]) -> int:
         a.add_argument("--at", default=None, help="when (ISO 8601 with offset; default now)")
         return asyncio.run(ack(a.parse_args(argv[1:])))
     p = argparse.ArgumentParser(prog="feedback alerts", description=__doc__)
-    p.add_argument("action", choices=["tail", "ack"])
+    p.add_argument("action", choices=["tail", "ack", "diff"])
     p.add_argument("--json", action="store_true", help="one alert per line as JSON")
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--offset", type=int, default=None, help="start at this offset (each partition)")

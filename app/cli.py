@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("simulate", help="publish realistic synthetic traffic")
     sub.add_parser("alerts", help="`alerts tail`: follow the alert topic")
     sub.add_parser("backtest", help="measure churn_risk against known outcomes (AUC, calibration)")
+    sub.add_parser("shadow", help="run changed settings over the history, apart (then diff)")
     sub.add_parser("erase", help="forget a customer (GDPR erasure request)")
     sub.add_parser("churn", help="`churn report`: churn rate and loss per period, from a worker")
     return parser
@@ -141,6 +142,12 @@ def _backtest(argv: list[str]) -> int:
     return backtest_main(argv)
 
 
+def _shadow(argv: list[str]) -> int:
+    from app.shadow import main_shadow
+
+    return main_shadow(argv)
+
+
 def _erase(argv: list[str]) -> int:
     from app.erase import main as erase_main
 
@@ -161,6 +168,7 @@ _EXTRA: dict[str, Callable[[list[str]], int]] = {
     "backtest": _backtest,
     "churn": _churn,
     "erase": _erase,
+    "shadow": _shadow,
 }
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class ServiceMetrics:
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ServiceMetrics:
         reg = registry if registry is not None else CollectorRegistry()
-        return cls(
+        made = cls(
             registry=reg,
             events=Counter(
                 "feedback_events",
@@ -228,3 +228,7 @@ class ServiceMetrics:
                 registry=reg,
             ),  # fmt: skip
         )
+        # Labelled counters appear on /metrics once a label is used: show "overall" at 0.
+        made.cases_contacted.labels("overall")
+        made.recovered.labels("overall")
+        return made

@@ -97,6 +97,7 @@ class Settings(BaseSettings):
     case_contact_sla: timedelta = Field(timedelta(hours=24), gt=timedelta(0))
     detractor_rearm_after: timedelta = Field(timedelta(days=14), ge=timedelta(0))
     churn_kpi_interval: float = Field(30.0, ge=1.0)
+    shadow: bool = False  # set by `feedback shadow`: never write to production topics
     churn_margin: Decimal = Field(Decimal("0.05"), ge=0, le=1)
     churn_safety_line: dict[str, float] = Field(
         default_factory=lambda: {"overall": 0.25, "A": 0.10, "B": 0.20, "C": 0.30}

@@ -490,6 +490,11 @@ class BatchProcessor:
 
     async def _reroute(self, msg: Any, key: bytes) -> Awaitable[Any]:
         """Re-produce a wrongly keyed record under customer_id, onto its proper partition."""
+        if self.settings.shadow:
+            # A shadow never writes to production inputs: it reads the copy production made.
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         n = self._partitions(msg.topic)
         headers = list(msg.headers or []) + [
             ("feedback-rekeyed-from", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())

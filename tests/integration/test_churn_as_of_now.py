@@ -38,7 +38,9 @@ def test_silence_and_unanswered_complaints_alert_without_another_event(
 ) -> None:
     unique = uuid.uuid4().hex[:10]
     env = worker_env(kafka_broker, unique, tmp_path / "data", FEEDBACK_PARTITIONS="1",
-                     FEEDBACK_HIGH_VALUE_REVENUE="500", FEEDBACK_CHURN_KPI_INTERVAL="1")  # fmt: skip
+                     FEEDBACK_HIGH_VALUE_REVENUE="500", FEEDBACK_CHURN_KPI_INTERVAL="1",
+                     # the escalation of these alerts' cases is tested in test_closed_loop
+                     FEEDBACK_ALERT_RULES="detractor,silent,complaint_reply_overdue")  # fmt: skip
     topic = {"purchase": env["FEEDBACK_TOPIC_PURCHASES"],
              "complaint": env["FEEDBACK_TOPIC_COMPLAINTS"]}  # fmt: skip
     worker = Worker(env, tmp_path / "worker.log")

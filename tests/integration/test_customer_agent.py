@@ -33,6 +33,8 @@ def running(
         kafka_broker, unique, tmp / "data",
         FEEDBACK_HIGH_VALUE_REVENUE="1000", FEEDBACK_HIGH_VALUE_TIERS="platinum",
         FEEDBACK_FX_RATES='{"USD": "0.5"}', FEEDBACK_MAX_EVENT_BYTES="4096",
+        # case escalations depend on when time is looked at: tested in test_closed_loop
+        FEEDBACK_ALERT_RULES="detractor,silent,complaint_reply_overdue",
     )  # fmt: skip
     worker = Worker(env, tmp / "worker.log")
     worker.start()
