@@ -20,7 +20,17 @@ def _kafka(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     if args.action == "up":
         start = time.monotonic()
-        info = kafka.up(port=args.port, data_dir=data_dir, progress=_err)
+        secure = None
+        if args.secure:
+            if (data_dir / "logs" / "meta.properties").exists():
+                _err(f"feedback: error: --secure needs a fresh --data-dir ({data_dir} is "
+                     "formatted; its SCRAM users were set when it was)")  # fmt: skip
+                return 2
+            secure = kafka.make_secure(data_dir, args.secure_port or kafka.free_port())
+        info = kafka.up(port=args.port, data_dir=data_dir, progress=_err, secure=secure)
+        if secure is not None:
+            _err(f"SASL_SSL (SCRAM-SHA-512) listener on 127.0.0.1:{secure.port}; client "
+                 f"settings (user, password, CA file) in {data_dir / 'client.env'}")  # fmt: skip
         _err(f"Kafka {kafka.KAFKA_VERSION} ready in {time.monotonic() - start:.1f}s "
              f"(pid {info.pid}, data {info.data_dir})")  # fmt: skip
         print(info.bootstrap)
@@ -79,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("action", choices=["up", "down", "status"])
     kafka.add_argument("--port", type=int, default=9092, help="client port (default 9092)")
     kafka.add_argument("--data-dir", default=".data/kafka", help="storage, log and pid file")
+    kafka.add_argument("--secure", action="store_true",
+                       help="also a SASL_SSL listener: a SCRAM-SHA-512 user and a TLS "
+                            "certificate made now (credentials in <data-dir>/client.env)")
+    kafka.add_argument("--secure-port", type=int, default=None, help="its port (default free)")
     kafka.set_defaults(func=_kafka)
 
     schemas = sub.add_parser("schemas", help="JSON Schema files generated from the models")

@@ -7,6 +7,7 @@ environment itself, so tests inject their own values.
 from __future__ import annotations
 
 import functools
+import ssl
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -51,6 +52,7 @@ class Settings(BaseSettings):
     sasl_password: SecretStr | None = None
     http_token: SecretStr | None = Field(None, min_length=16)
     kafka_tls: bool = False
+    kafka_ca_file: Path | None = None  # CA bundle to trust instead of the system's (TLS)
 
     app_id: str = Field("feedback", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     broker: str = "kafka://127.0.0.1:9092"
@@ -109,6 +111,13 @@ class Settings(BaseSettings):
         for key, rate in value.items():
             if key not in ("overall", "A", "B", "C") or not 0 < rate < 1:
                 raise ValueError(f"{key}={rate}: keys overall, A, B, C; annual rates in (0, 1)")
+        return value
+
+    @field_validator("kafka_ca_file")
+    @classmethod
+    def _ca_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
         return value
 
     @field_validator("churn_model_file")
@@ -215,10 +224,14 @@ class Settings(BaseSettings):
         elif self.kafka_tls:
             kw["security_protocol"] = "SSL"
         if self.kafka_tls:
-            import ssl
-
-            kw["ssl_context"] = ssl.create_default_context()
+            kw["ssl_context"] = self.ssl_context()
         return kw
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS to the brokers: the system CA bundle, or FEEDBACK_KAFKA_CA_FILE."""
+        return ssl.create_default_context(
+            cafile=str(self.kafka_ca_file) if self.kafka_ca_file else None
+        )
 
     @property
     def input_topics(self) -> tuple[str, ...]:

@@ -7,9 +7,10 @@ topic with another count is a configuration error reported at start.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed, TopicAlreadyExistsError
 
 from app.errors import ConfigError
 from app.settings import Settings
@@ -20,11 +21,29 @@ async def ensure_topics(settings: Settings) -> None:
     """Create missing topics; fail if the input topics are not co-partitioned."""
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     try:
-        await admin.start()
+        try:
+            await admin.start()
+        except KafkaConnectionError:
+            # aiokafka only logs why each bootstrap host failed: connect once more to one
+            # of them ourselves to tell bad credentials and untrusted TLS from no broker.
+            await _diagnose(settings)
+            raise
     except KafkaConnectionError:
         raise ConfigError(
             f"cannot reach Kafka at {settings.bootstrap_servers} (FEEDBACK_BROKER); start one "
             "with `feedback kafka up` or point FEEDBACK_BROKER at your cluster"
+        ) from None
+    except SaslAuthenticationFailed:
+        raise ConfigError(
+            f"Kafka at {settings.bootstrap_servers} refused the credentials of "
+            f"FEEDBACK_SASL_USERNAME={settings.sasl_username!r} ({settings.sasl_mechanism}): "
+            "check FEEDBACK_SASL_PASSWORD (not shown) and FEEDBACK_SASL_MECHANISM"
+        ) from None
+    except ssl.SSLError:
+        raise ConfigError(
+            f"TLS to Kafka at {settings.bootstrap_servers} failed (the certificate is not "
+            "trusted, or the listener does not speak TLS): check FEEDBACK_KAFKA_TLS and "
+            "FEEDBACK_KAFKA_CA_FILE"
         ) from None
     try:
         names = [*settings.input_topics, settings.topic_alerts, settings.topic_deadletter]
@@ -79,3 +98,18 @@ def changelog_topics(settings: Settings) -> list[str]:
 
 def ensure_topics_sync(settings: Settings) -> None:
     asyncio.run(ensure_topics(settings))
+
+
+async def _diagnose(settings: Settings) -> None:
+    """Raise what connecting to the first bootstrap host really fails with, if anything."""
+    from aiokafka.conn import create_conn
+
+    host, _, port = settings.bootstrap_servers.split(",")[0].rpartition(":")
+    kw = {k: v for k, v in settings.client_kwargs().items() if k != "bootstrap_servers"}
+    try:
+        conn = await create_conn(host, int(port), request_timeout_ms=10_000, **kw)
+    except (SaslAuthenticationFailed, ssl.SSLError):
+        raise
+    except Exception:  # noqa: BLE001 - anything else: the caller's message stands
+        return
+    conn.close()

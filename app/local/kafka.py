@@ -39,6 +39,60 @@ def cache_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class Secure:
+    """A SASL_SSL listener with one SCRAM-SHA-512 user and a self-signed certificate.
+
+    Made at start in the data dir (``make_secure``): the PKCS12 keystore the broker
+    serves, and ``ca.pem``, the certificate clients trust. The password is random
+    and only written to ``client.env`` (mode 0600), never printed.
+    """
+
+    port: int
+    username: str
+    password: str
+    keystore: Path
+    keystore_password: str
+    ca_file: Path
+
+
+def make_secure(data_dir: Path, port: int, username: str = "feedback") -> Secure:
+    """Generate the keystore, the CA file and a SCRAM password for a secure listener."""
+    import secrets
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    keystore, ca = data_dir / "broker.p12", data_dir / "ca.pem"
+    store_pass = secrets.token_urlsafe(18)
+    for f in (keystore, ca):
+        f.unlink(missing_ok=True)
+    keytool = shutil.which("keytool")
+    if keytool is None:
+        raise BrokerError("keytool (from the JDK) is needed to make the TLS certificate")
+    gen = subprocess.run(
+        [keytool, "-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048",
+         "-dname", "CN=localhost", "-ext", "SAN=ip:127.0.0.1,dns:localhost", "-validity", "30",
+         "-storetype", "PKCS12", "-keystore", str(keystore), "-storepass", store_pass,
+         "-keypass", store_pass],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    export = subprocess.run(
+        [keytool, "-exportcert", "-rfc", "-alias", "broker", "-keystore", str(keystore),
+         "-storepass", store_pass, "-file", str(ca)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if gen.returncode or export.returncode:
+        raise BrokerError(f"making the TLS certificate failed:\n{gen.stderr}{export.stderr}")
+    password = secrets.token_urlsafe(18)
+    env = data_dir / "client.env"
+    env.write_text(
+        f"FEEDBACK_BROKER=kafka://127.0.0.1:{port}\nFEEDBACK_SASL_MECHANISM=SCRAM-SHA-512\n"
+        f"FEEDBACK_SASL_USERNAME={username}\nFEEDBACK_SASL_PASSWORD={password}\n"
+        f"FEEDBACK_KAFKA_TLS=true\nFEEDBACK_KAFKA_CA_FILE={ca}\n"
+    )
+    env.chmod(0o600)
+    return Secure(port, username, password, keystore, store_pass, ca)
+
+
+@dataclass(frozen=True)
 class BrokerInfo:
     """What a running local broker is and where it listens."""
 
@@ -139,18 +193,40 @@ def status(data_dir: Path = DEFAULT_DATA_DIR) -> BrokerInfo | None:
     return BrokerInfo(int(info["pid"]), int(info["port"]), int(info["controller_port"]), data_dir)
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+def _server_properties(
+    data_dir: Path, port: int, controller_port: int, secure: Secure | None = None
+) -> str:
     # Single node: every internal topic has replication 1. Few partitions for the
     # offsets topic keep the first consumer-group join fast on a 2-core machine.
+    # A secure listener (SASL_SSL, SCRAM-SHA-512) sits beside the plaintext one, which
+    # the broker itself and the readiness probe use.
+    listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"
+    advertised = f"PLAINTEXT://127.0.0.1:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    extra: list[str] = []
+    if secure is not None:
+        listeners += f",SASL_SSL://127.0.0.1:{secure.port}"
+        advertised += f",SASL_SSL://127.0.0.1:{secure.port}"
+        protocols += ",SASL_SSL:SASL_SSL"
+        extra = [
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"ssl.keystore.location={secure.keystore}",
+            "ssl.keystore.type=PKCS12",
+            f"ssl.keystore.password={secure.keystore_password}",
+            f"ssl.key.password={secure.keystore_password}",
+        ]
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"listeners={listeners}",
+            f"advertised.listeners={advertised}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listener.security.protocol.map={protocols}",
+            *extra,
             "inter.broker.listener.name=PLAINTEXT",
             f"log.dirs={data_dir.resolve() / 'logs'}",
             "num.partitions=1",
@@ -174,6 +250,7 @@ def up(
     timeout: float = READY_TIMEOUT_S,
     heap: str = "1g",
     progress: Callable[[str], None] = print,
+    secure: Secure | None = None,
 ) -> BrokerInfo:
     """Start the broker in the background and return once a client can round-trip a message."""
     data_dir = data_dir.resolve()
@@ -197,7 +274,8 @@ def up(
     controller_port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     props = data_dir / "server.properties"
-    props.write_text(_server_properties(data_dir, port, controller_port))
+    props.write_text(_server_properties(data_dir, port, controller_port, secure))
+    props.chmod(0o600)  # it holds the keystore password when secure
     classpath = f"{libs}/*"
     java = ["java", f"-Dfeedback.kafka.log={data_dir / 'broker.log'}",
             f"-Dlog4j2.configurationFile={LOG4J}"]  # fmt: skip
@@ -215,6 +293,8 @@ def up(
                 "-c",
                 str(props),
                 "--ignore-formatted",
+                *(["--add-scram", f"SCRAM-SHA-512=[name={secure.username},"
+                   f"password={secure.password}]"] if secure else []),
             ],  # fmt: skip
             capture_output=True,
             text=True,

@@ -26,18 +26,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     credentials: Any = None
     if settings.sasl_mechanism and settings.sasl_password is not None:
-        import ssl
-
         credentials = faust.SASLCredentials(
             username=settings.sasl_username,
             password=settings.sasl_password.get_secret_value(),
             mechanism=settings.sasl_mechanism,
-            ssl_context=ssl.create_default_context() if settings.kafka_tls else None,
+            ssl_context=settings.ssl_context() if settings.kafka_tls else None,
         )
     elif settings.kafka_tls:
-        import ssl
-
-        credentials = ssl.create_default_context()
+        credentials = settings.ssl_context()
     app = faust.App(
         settings.app_id,
         broker_credentials=credentials,
