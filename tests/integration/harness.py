@@ -64,13 +64,17 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> None:
+        self.spawn()
+        poll(lambda: self._ready(), timeout, "worker ready (partitions assigned)", self)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it (to kill it during its start)."""
         out = open(self.log, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app", "worker", "-l", "info"],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         out.close()
-        poll(lambda: self._ready(), timeout, "worker ready (partitions assigned)", self)
 
     def _ready(self) -> bool:
         status, body = self.get("/health")
