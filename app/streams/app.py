@@ -15,6 +15,7 @@ from app.streams.tables import (
     KeyPartitionedTable,
     PartitionPrefixedTable,
     QuietWorker,
+    hold_back,
 )
 
 _ATTR = "feedback_processor"
@@ -108,7 +109,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             settings.batch_size, within=settings.batch_within
         )
         async for events in batches:
-            await processor.handle(events)
+            try:
+                await processor.handle(events)
+            except BaseException:
+                hold_back(events)
+                raise
 
     @app.task  # type: ignore[untyped-decorator]
     async def warm_producer_metadata() -> None:

@@ -49,8 +49,8 @@ def create_topics(env: dict[str, str]) -> None:
     from app.settings import Settings
     from app.topics import ensure_topics_sync
 
-    fields = {k.removeprefix("FEEDBACK_").lower(): v for k, v in env.items()
-              if k.startswith("FEEDBACK_")}  # fmt: skip
+    fields = {k.removeprefix("FEEDBACK_").lower(): json.loads(v) if v.startswith("{") else v
+              for k, v in env.items() if k.startswith("FEEDBACK_")}  # fmt: skip
     ensure_topics_sync(Settings(**fields))
 
 

@@ -181,11 +181,21 @@ def test_chaos_soak_loses_nothing(own_broker: tuple[str, Path, int], tmp_path: P
             for a in evaluate(before, expected[ev.customer_id], ev, policy, now):
                 expected_alerts[a.alert_id] = a.trigger_event_id
 
-        def caught_up() -> bool:
-            return all(final.get(f"/customers/{c}")[1].get("events") == s.seq
-                       for c, s in expected.items())  # fmt: skip
+        behind: dict[str, tuple[object, int]] = {}
 
-        poll(caught_up, 240, "every customer's events counted once", final)
+        def caught_up() -> bool:
+            behind.clear()
+            for c, s in expected.items():
+                got = final.get(f"/customers/{c}")[1].get("events")
+                if got != s.seq:
+                    behind[c] = (got, s.seq)
+            return not behind
+
+        try:
+            poll(caught_up, 120, "every customer's events counted once", final)
+        except AssertionError:
+            raise AssertionError(f"{len(behind)} customers differ (got, want): "
+                                 f"{dict(list(behind.items())[:8])}") from None
         for cust, state in expected.items():
             now_p = clock[key_partition(cust.encode(), int(env["FEEDBACK_PARTITIONS"]))]
             refresh(state, policy, now_p)
