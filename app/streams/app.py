@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -111,8 +112,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         async for events in batches:
             try:
                 await processor.handle(events)
-            except BaseException:
+            except asyncio.CancelledError:
                 hold_back(events)
+                raise
+            except BaseException as exc:
+                # The consumer would carry on past the held-back batch and Faust's
+                # commit allows a one-offset gap: stop, a restart resumes from commits.
+                hold_back(events)
+                await app.crash(exc)
                 raise
 
     @app.task  # type: ignore[untyped-decorator]

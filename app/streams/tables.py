@@ -100,3 +100,4 @@ def hold_back(events: Any) -> None:
     """
     for event in events:
         event.message.acked = True
+

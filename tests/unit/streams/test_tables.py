@@ -36,3 +36,4 @@ def test_a_held_back_batch_is_never_acked() -> None:
     assert held.ack(consumer) is False  # type: ignore[arg-type]
     assert normal.ack(consumer) is True  # type: ignore[arg-type]
     assert held.acked and normal.acked
+
