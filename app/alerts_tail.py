@@ -31,6 +31,15 @@ COLUMNS = ("emitted_at", "rule", "customer_id", "score", "previous_band", "trail
            "value_tier", "churn_risk", "open_complaints", "sla_due_at", "case")  # fmt: skip
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """A topic's partitions; asks for fresh metadata once if the client has none yet."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()  # noqa: SLF001
+        parts = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
 def _line(alert: dict[str, Any], case: str = "-") -> str:
     return "  ".join(case if c == "case" else str(alert.get(c)) for c in COLUMNS)
 
@@ -65,11 +74,7 @@ async def tail(args: argparse.Namespace) -> int:
     await consumer.start()
     printed = 0
     try:
-        parts = consumer.partitions_for_topic(settings.topic_alerts)
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
-            parts = consumer.partitions_for_topic(settings.topic_alerts) or set()
-        tps = [TopicPartition(settings.topic_alerts, p) for p in sorted(parts)]
+        tps = await partitions_of(consumer, settings.topic_alerts)
         consumer.assign(tps)
         if args.since:
             ts = int(datetime.fromisoformat(args.since).timestamp() * 1000)
@@ -123,11 +128,7 @@ async def find_customer(alert_id: str) -> str | None:
     consumer = AIOKafkaConsumer(**settings.client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(settings.topic_alerts)
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
-            parts = consumer.partitions_for_topic(settings.topic_alerts) or set()
-        tps = [TopicPartition(settings.topic_alerts, p) for p in sorted(parts)]
+        tps = await partitions_of(consumer, settings.topic_alerts)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)

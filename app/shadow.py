@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from app.alerts_tail import partitions_of
 from app.settings import Settings, load_settings
 
 # Settings a shadow must not take from --set: they would point it at production output.
@@ -60,11 +61,7 @@ async def input_ends(settings: Settings) -> dict[TopicPartition, int]:
     try:
         tps = []
         for topic in settings.input_topics:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in parts]
+            tps += await partitions_of(consumer, topic)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
         return ends
     finally:
@@ -138,11 +135,7 @@ async def read_alerts(settings: Settings, topic: str) -> list[dict[str, Any]]:
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await partitions_of(consumer, topic)
         if not tps:
             return out
         consumer.assign(tps)

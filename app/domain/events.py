@@ -193,14 +193,7 @@ def decode_event(raw: bytes | None, max_bytes: int = 65_536) -> AnyEvent:
     metric): ``empty``, ``oversized``, ``not_utf8``, ``not_json``,
     ``unknown_event_type``, ``schema_violation``.
     """
-    if not raw:
-        raise InvalidEventError("empty", "record has no value")
-    if len(raw) > max_bytes:
-        raise InvalidEventError("oversized", f"{len(raw)} bytes > limit {max_bytes}")
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidEventError("not_utf8", str(exc)) from None
+    raw = _readable(raw, max_bytes)
     try:
         return EVENT_ADAPTER.validate_json(raw)
     except ValidationError as exc:
@@ -220,7 +213,8 @@ def decode_action(raw: bytes | None, max_bytes: int = 65_536) -> AlertAction:
 M = TypeVar("M", bound=BaseModel)
 
 
-def _decode_model(model: type[M], raw: bytes | None, max_bytes: int) -> M:
+def _readable(raw: bytes | None, max_bytes: int) -> bytes:
+    """Refuse what is not worth parsing: no value, too big, not UTF-8 (checked before JSON)."""
     if not raw:
         raise InvalidEventError("empty", "record has no value")
     if len(raw) > max_bytes:
@@ -229,6 +223,11 @@ def _decode_model(model: type[M], raw: bytes | None, max_bytes: int) -> M:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidEventError("not_utf8", str(exc)) from None
+    return raw
+
+
+def _decode_model(model: type[M], raw: bytes | None, max_bytes: int) -> M:
+    raw = _readable(raw, max_bytes)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
