@@ -157,7 +157,8 @@ def pipeline(
             if count >= n:
                 break
             if proc.poll() is not None:
-                raise RuntimeError(f"worker exited {proc.returncode}; see {log.name}")
+                tail = Path(log.name).read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"worker exited {proc.returncode}:\n{tail}")
             time.sleep(0.1)
         elapsed = time.perf_counter() - t0
         # Time inside the batch handler (our code) versus Faust's machinery around it.
