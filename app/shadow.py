@@ -96,6 +96,12 @@ def run_shadow(args: argparse.Namespace) -> int:
     target = {tp: end for tp, end in ends.items() if end > 0}
     log_path = Path(own["FEEDBACK_DATA_DIR"]) / "worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    since_file = log_path.with_name("since")
+    if args.since:
+        datetime.fromisoformat(args.since)  # refuse a bad time before running anything
+        since_file.write_text(args.since)
+    else:
+        since_file.unlink(missing_ok=True)
     print(f"shadow {args.name}: {own['FEEDBACK_APP_ID']}, alerts to "
           f"{own['FEEDBACK_TOPIC_ALERTS']}, {sum(target.values())} input records to read; "
           f"log {log_path}", file=sys.stderr)  # fmt: skip
@@ -192,6 +198,9 @@ def diff(prod: list[dict[str, Any]], shadow: list[dict[str, Any]],
 def run_diff(args: argparse.Namespace) -> int:
     settings = load_settings()
     other = args.against or names(settings, args.shadow)["FEEDBACK_TOPIC_ALERTS"]
+    if args.since is None and args.shadow:
+        stored = Path(names(settings, args.shadow)["FEEDBACK_DATA_DIR"]) / "since"
+        args.since = stored.read_text().strip() if stored.exists() else None
     since = datetime.fromisoformat(args.since) if args.since else None
     prod = asyncio.run(read_alerts(settings, settings.topic_alerts))
     shadow = asyncio.run(read_alerts(settings, other))
@@ -220,6 +229,9 @@ def main_shadow(argv: list[str]) -> int:
                    required=True, help="a changed setting (repeatable)")  # fmt: skip
     p.add_argument("--name", default="trial", help="names the shadow's app id and topics")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to catch up")
+    p.add_argument("--since", default=None,
+                   help="compare alerts that occurred since this time (ISO 8601); the shadow "
+                        "still reads the whole retained history to build its state")  # fmt: skip
     return run_shadow(p.parse_args(argv))
 
 
@@ -229,6 +241,7 @@ def main_diff(argv: list[str]) -> int:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--shadow", help="the --name given to feedback shadow")
     who.add_argument("--against", help="any other alert topic")
-    p.add_argument("--since", default=None, help="only alerts that occurred since (ISO 8601)")
+    p.add_argument("--since", default=None,
+                   help="only alerts that occurred since (ISO 8601); default: the shadow's")
     p.add_argument("--json", action="store_true")
     return run_diff(p.parse_args(argv))

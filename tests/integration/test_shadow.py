@@ -51,7 +51,7 @@ def test_shadow_threshold_change_diff_names_the_changed_alerts(
     assert [json.loads(r.value)["customer_id"] for r in before] == ["rich"]
 
     shadow = feedback(env, "shadow", "--set", "FEEDBACK_HIGH_VALUE_REVENUE=2000", "--name", "t",
-                      "--timeout", "180")  # fmt: skip
+                      "--timeout", "180", "--since", "2026-01-01T00:00:00+00:00")  # fmt: skip
     assert shadow.returncode == 0, shadow.stderr
     bad = feedback(env, "shadow", "--set", f"FEEDBACK_TOPIC_ALERTS={alerts_topic}")
     assert bad.returncode == 2 and "FEEDBACK_TOPIC_ALERTS" in bad.stderr
@@ -66,7 +66,10 @@ def test_shadow_threshold_change_diff_names_the_changed_alerts(
                                           "trailing_revenue": "3000"}]  # fmt: skip
     assert detractor["removed_alerts"] == [] and detractor["added_revenue"] == "3000"
     text = feedback(env, "alerts", "diff", "--shadow", "t")
-    assert "+ mid  mid-s2  3000" in text.stdout
+    assert "+ mid  mid-s2  3000" in text.stdout and "since 2026-01-01" in text.stdout
+    later = json.loads(feedback(env, "alerts", "diff", "--shadow", "t", "--json", "--since",
+                                "2026-03-01T00:00:00+00:00").stdout)  # fmt: skip
+    assert later["rules"] == {}, "no alert occurred since March"
 
     # Production untouched: the same alerts and the same changelog records as before.
     after = asyncio.run(consume_all(kafka_broker, alerts_topic, lambda r: False, timeout=5))
