@@ -21,11 +21,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from app.domain.events import AlertAction, encode
 from app.settings import load_settings
+from app.topics import publish_one
 
 COLUMNS = ("emitted_at", "rule", "customer_id", "score", "previous_band", "trailing_revenue",
            "value_tier", "churn_risk", "open_complaints", "sla_due_at", "case")  # fmt: skip
@@ -160,13 +161,7 @@ async def ack(args: argparse.Namespace) -> int:
         customer_id=customer, action=args.action, actor=args.actor, note=args.note,
         occurred_at=at, schema_version=1,
     )  # fmt: skip
-    producer = AIOKafkaProducer(**settings.client_kwargs(), acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topic_alert_actions, encode(action),
-                                     key=customer.encode())  # fmt: skip
-    finally:
-        await producer.stop()
+    await publish_one(settings, settings.topic_alert_actions, customer.encode(), encode(action))
     print(f"{args.action} {args.alert_id} ({customer}) by {args.actor}", file=sys.stderr)
     return 0
 

@@ -13,10 +13,9 @@ import sys
 import uuid
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer
-
 from app.domain.events import ErasureRequest, encode
 from app.settings import load_settings
+from app.topics import publish_one
 
 
 async def publish(customer_id: str, reason: str | None) -> ErasureRequest:
@@ -25,13 +24,7 @@ async def publish(customer_id: str, reason: str | None) -> ErasureRequest:
         event_type="erasure", event_id=f"erase-{uuid.uuid4()}", customer_id=customer_id,
         occurred_at=datetime.now(UTC), schema_version=1, reason=reason,
     )  # fmt: skip
-    producer = AIOKafkaProducer(**settings.client_kwargs(), acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.topic_erasure, encode(request),
-                                     key=customer_id.encode())  # fmt: skip
-    finally:
-        await producer.stop()
+    await publish_one(settings, settings.topic_erasure, customer_id.encode(), encode(request))
     return request
 
 

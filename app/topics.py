@@ -113,3 +113,15 @@ async def _diagnose(settings: Settings) -> None:
     except Exception:  # noqa: BLE001 - anything else: the caller's message stands
         return
     conn.close()
+
+
+async def publish_one(settings: Settings, topic: str, key: bytes, value: bytes) -> None:
+    """Produce one record and wait until the brokers have it (the CLI's small writes)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**settings.client_kwargs(), acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()

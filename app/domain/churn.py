@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -205,13 +206,6 @@ def summary(purchases: Sequence[tuple[datetime, float]], as_of: datetime
     return len(days) - 1, (last - first).total_seconds() / DAY, age
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    mid = n // 2
-    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def features(inp: ChurnInputs, as_of: datetime, rhythm: Rhythm) -> dict[str, float]:
     """Every feature of FEATURES as of ``as_of``; 0 is the healthy value of each.
 
@@ -231,14 +225,14 @@ def features(inp: ChurnInputs, as_of: datetime, rhythm: Rhythm) -> dict[str, flo
         f["dropout"] = _dropout(rhythm.p_alive(x, (last - first) / DAY, (now - first) / DAY))
         gaps = [(b - a) / DAY for a, b in zip(secs, secs[1:], strict=False)]
         gaps = [g for g in gaps if g > 0.5]
-        typical = _median(gaps) if gaps else rhythm.mean_gap_days
+        typical = statistics.median(gaps) if gaps else rhythm.mean_gap_days
         since = (now - secs[-1]) / DAY
         f["overdue"] = math.log1p(since / max(typical, 1.0))
         if len(gaps) >= 3:
-            earlier = _median(gaps[:-1])
+            earlier = statistics.median(gaps[:-1])
             f["gap_stretch"] = max(0.0, math.log(max(gaps[-1], 1.0) / max(earlier, 1.0)))
         if len(buys) >= 4:
-            before = _median([a for _, a in buys[:-2]])
+            before = statistics.median([a for _, a in buys[:-2]])
             if before > 0:
                 f["basket_shrink"] = max(0.0, 1.0 - (buys[-1][1] + buys[-2][1]) / 2 / before)
         f["spend_decline"] = _spend_decline(inp.purchases, as_of)

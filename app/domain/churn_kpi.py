@@ -80,10 +80,11 @@ def bounds(kind: Period, as_of: datetime, count: int) -> list[tuple[str, datetim
 
 def groups_of(c: Lifecycle) -> list[str]:
     """``overall``, ``tier:A|B|C`` (value tier), ``member_tier:…|region:…|channel:…|product:…``."""
-    return _groups(c.tier, c.segment)
+    return groups(c.tier, c.segment)
 
 
-def _groups(tier: str, segment: tuple[str | None, ...]) -> list[str]:
+def groups(tier: str, segment: tuple[str | None, ...]) -> list[str]:
+    """The groups of a value tier and segment values (churn KPIs and case metrics)."""
     out = ["overall", f"tier:{tier}"]
     for key, val in zip(SEGMENT_KEYS, segment, strict=True):
         if val is not None:
@@ -117,7 +118,7 @@ def count(customers: Iterable[Lifecycle], kind: Period, as_of: datetime, periods
             key = (c.tier, c.segment)
             steady[key] = steady.get(key, 0) + 1
             continue
-        groups = groups_of(c)
+        mine = groups_of(c)
         for label, start, end in spans:
             row = [0.0] * 6
             row[0] = _active(c, start)
@@ -131,12 +132,12 @@ def count(customers: Iterable[Lifecycle], kind: Period, as_of: datetime, periods
             row[4] = _active(c, end)
             if not any(row):
                 continue
-            for g in groups:
+            for g in mine:
                 acc = out.setdefault((label, g), [0.0] * 6)
                 for i, v in enumerate(row):
                     acc[i] += v
     for (tier, segment), n in steady.items():
-        for g in _groups(tier, segment):
+        for g in groups(tier, segment):
             for label, _, _ in spans:
                 acc = out.setdefault((label, g), [0.0] * 6)
                 acc[0] += n
@@ -191,11 +192,11 @@ def report(
 ) -> list[PeriodRow]:  # fmt: skip
     """Rows per group and period, oldest period first; ``group`` keeps one group only."""
     spans = bounds(kind, as_of, periods)
-    groups = sorted({g for _, g in counts} | {"overall"})
+    shown = sorted({g for _, g in counts} | {"overall"})
     if group is not None:
-        groups = [g for g in groups if g == group]
+        shown = [g for g in shown if g == group]
     out = []
-    for g in groups:
+    for g in shown:
         previous: float | None = None
         tier = g.split(":", 1)[1] if g.startswith("tier:") else None
         annual = safety_lines.get(tier or "overall") if g == "overall" or tier else None

@@ -119,18 +119,3 @@ def classify(
         return False, "B"
     return False, "C"
 
-
-def spend_decline(
-    purchases: Iterable[tuple[datetime, Decimal]], as_of: datetime, days: int = 90
-) -> float:
-    """Share by which spend in the last ``days`` fell against the ``days`` before (0..1)."""
-    window = timedelta(days=days)
-    recent = prior = Decimal("0")
-    for at, amt in purchases:
-        if as_of - window < at <= as_of:
-            recent += amt
-        elif as_of - 2 * window < at <= as_of - window:
-            prior += amt
-    if prior <= 0:
-        return 0.0
-    return float(max(Decimal("0"), min(Decimal("1"), 1 - recent / prior)))

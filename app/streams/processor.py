@@ -23,7 +23,7 @@ import faust
 from faust.types import TP
 
 from app.analysis.fit import fit_mbgnbd
-from app.domain import segments, value
+from app.domain import churn_kpi, segments, value
 from app.domain.alerts import Snapshot, evaluate, evaluate_time
 from app.domain.churn import ChurnModel
 from app.domain.churn_kpi import Period
@@ -696,9 +696,7 @@ class BatchProcessor:
             if state is None:
                 continue
             state = state.model_copy(deep=True)  # the cache's copy stays as stored
-            now = self.readmodel.stream_time(row.partition)
-            if now is not None and (state.churn_as_of is None or now > state.churn_as_of):
-                refresh(state, self.policy, now)
+            self._to_now(state, self.readmodel.stream_time(row.partition))
             states.append(state)
         states.sort(key=lambda s: (-s.churn_risk, s.customer_id))
         out = []
@@ -767,11 +765,14 @@ class BatchProcessor:
     def customer_view(self, state: CustomerState) -> dict[str, Any]:
         """One customer as of its partition's stream time (risk re-scored on read)."""
         key = state.customer_id.encode()
-        part = key_partition(key, self.settings.partitions)
-        now = self.readmodel.stream_time(part)
+        now = self.readmodel.stream_time(key_partition(key, self.settings.partitions))
+        self._to_now(state, now)
+        return public_view(state, now, self.policy.churn_model.horizon_days)
+
+    def _to_now(self, state: CustomerState, now: datetime | None) -> None:
+        """Re-score a state read for display when its partition's stream time has moved on."""
         if now is not None and (state.churn_as_of is None or now > state.churn_as_of):
             refresh(state, self.policy, now)
-        return public_view(state, now, self.policy.churn_model.horizon_days)
 
     def refresh_segments(self) -> None:
         """NPS gauges per segment and window; drop tallies older than every window."""
@@ -807,9 +808,8 @@ def _iso_ts(ts: float) -> str | None:
 def _groups(state: CustomerState) -> list[str]:
     """Metric groups of a customer: overall, its value tier and its segment values."""
     seg = state.segment
-    parts = [("member_tier", seg.tier), ("region", seg.region), ("channel", seg.channel),
-             ("product", seg.product)] if seg else []  # fmt: skip
-    return ["overall", f"tier:{state.value_tier}", *(f"{k}:{v}" for k, v in parts if v)]
+    values = (seg.tier, seg.region, seg.channel, seg.product) if seg else (None,) * 4
+    return churn_kpi.groups(state.value_tier, values)
 
 
 def _alert_pending(state: CustomerState) -> bool:
