@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from app.metrics import ServiceMetrics
 from app.settings import Settings
+from app.streams.consumer import install as install_safe_offsets
 from app.streams.processor import BatchProcessor
 from app.streams.summaries import PartitionSummaries
 from app.streams.tables import (
@@ -67,6 +68,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         Table=KeyPartitionedTable,
         Worker=QuietWorker,
     )
+    install_safe_offsets(app)  # before anything creates the transport
     from faust.sensors.prometheus import setup_prometheus_sensors
 
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")

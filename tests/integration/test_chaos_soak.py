@@ -87,12 +87,6 @@ class Producer(threading.Thread):
             await producer.stop()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known, not fixed: when a worker is killed within a second or two of starting to "
-    "process, input offsets get committed past unprocessed records (4 to 92 of 150 "
-    "customers short over six runs). Plain kills of a running worker lose nothing. "
-    "Suspected: Faust's offset bookkeeping for partitions without a committed offset. "
-    "See README, Guarantees."))
 def test_chaos_soak_loses_nothing(own_broker: tuple[str, Path, int], tmp_path: Path) -> None:
     bootstrap, broker_dir, port = own_broker
     unique = uuid.uuid4().hex[:10]
