@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 
 from app.errors import InvalidEventError
@@ -25,6 +26,12 @@ SCHEMA_VERSION = 1
 Band = Literal["promoter", "passive", "detractor"]
 # No control characters (NUL, newlines...) in identifiers: they end up in keys and logs.
 Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+# A decimal amount as JSON: a number or a decimal string, at most 40 characters.
+Money = Annotated[
+    Decimal,
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "maxLength": 40,
+                                                   "pattern": r"^-?\d+(\.\d+)?$"}]}),
+]  # fmt: skip
 
 
 class _Contract(BaseModel):
@@ -65,8 +72,8 @@ class Purchase(_Event):
 
     event_type: Literal["purchase"]
     order_id: Id
-    amount: Decimal = Field(allow_inf_nan=False, max_digits=20, decimal_places=6)
-    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")
+    amount: Money = Field(allow_inf_nan=False, max_digits=20, decimal_places=6)
+    currency: str = Field(pattern=r"^[A-Z]{3}$", max_length=3, description="ISO 4217 code.")
 
 
 class Complaint(_Event):
@@ -128,16 +135,16 @@ class ChurnPeriodFigures(_Contract):
     """The period behind a ``churn_safety_line`` alert (see README, Churn KPIs)."""
 
     period_kind: Literal["month", "quarter"]
-    period: str = Field(description="e.g. 2026-05 or 2026-Q2 (UTC calendar)")
-    group: str = Field(description="overall or tier:A|B|C")
+    period: str = Field(max_length=16, description="e.g. 2026-05 or 2026-Q2 (UTC calendar)")
+    group: str = Field(max_length=128, description="overall or tier:A|B|C")
     churn_rate: float = Field(ge=0, description="lost / customers_at_end (the source's)")
     churn_rate_start: float | None = Field(ge=0, description="lost / customers_at_start")
     safety_line: float = Field(ge=0, le=1, description="the line for this period's length")
     lost: int = Field(ge=0)
     customers_at_start: int = Field(ge=0)
     customers_at_end: int = Field(ge=0)
-    revenue_lost: Decimal
-    churn_loss: Decimal
+    revenue_lost: Money
+    churn_loss: Money
 
 
 class Alert(_Contract):
@@ -154,7 +161,9 @@ class Alert(_Contract):
     the period's churn rate, capped at 1).
     """
 
-    alert_id: str = Field(description="Deterministic from rule, customer_id and trigger event.")
+    alert_id: str = Field(
+        max_length=64, description="Deterministic from rule, customer_id and trigger event."
+    )
     rule: AlertRule
     rule_version: int
     customer_id: Id
@@ -165,13 +174,15 @@ class Alert(_Contract):
     previous_band: Literal["promoter", "passive"] | None
     previous_score: int | None
     rolling_nps: float | None = Field(ge=-100, le=100)
-    trailing_revenue: Decimal
-    currency: str = Field(description="Base currency of trailing_revenue.")
+    trailing_revenue: Money
+    currency: str = Field(
+        pattern=r"^[A-Z]{3}$", max_length=3, description="Base currency of trailing_revenue."
+    )
     value_tier: Literal["A", "B", "C"] | None = Field(
         description="The customer's tier; for churn_safety_line the group's tier, or null."
     )
     churn_risk: float = Field(ge=0, le=1)
-    churn_reasons: list[str]
+    churn_reasons: list[Annotated[str, Field(max_length=64)]] = Field(max_length=16)
     open_complaints: int = Field(ge=0)
     segment: Segment | None = None
     occurred_at: AwareDatetime
