@@ -233,6 +233,9 @@ def test_chaos_soak_loses_nothing(own_broker: tuple[str, Path, int], tmp_path: P
         keys = {r.key for r in dead}
         assert keys >= {f"bad-{n}".encode() for n in range(len(MALFORMED) * 3)}
         assert set(reasons) <= REASONS
+        # Every worker of the soak logged here (Faust's info lines included): no customer id.
+        logged = (tmp_path / "worker.log").read_text(errors="replace")
+        assert "cust-" not in logged, "a customer id appeared in a worker's log"
         figures = {"kills": kills, "records": len(records), "customers": len(expected),
                    "alerts": len(expected_alerts), "alert_repeats": sum(seen.values()) - len(seen),
                    "dead_letters": sum(reasons.values()), "responses": responses,
