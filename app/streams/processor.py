@@ -10,50 +10,31 @@ response twice or not at all.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from faust.types import TP
 
 from app.analysis.fit import fit_mbgnbd
-from app.domain import churn_kpi, segments, value
-from app.domain.alerts import Snapshot, evaluate, evaluate_time
+from app.domain import segments, value
+from app.domain.batch import BatchResult, Limits, Record, fold_batch
 from app.domain.churn import ChurnModel
 from app.domain.churn_kpi import Period
-from app.domain.customer import (
-    CustomerState,
-    Outcome,
-    Policy,
-    apply_action,
-    fold,
-    iso,
-    next_check,
-    public_view,
-    refresh,
-)
-from app.domain.events import (
-    Alert,
-    Purchase,
-    SurveyResponse,
-    decode_action,
-    decode_erasure,
-    decode_event,
-    encode,
-)
-from app.errors import InvalidEventError
+from app.domain.customer import CustomerState, Policy, iso, next_check, public_view, refresh
+from app.domain.events import encode
 from app.metrics import ServiceMetrics
 from app.settings import Settings
+from app.streams import store
 from app.streams.churnkpis import ChurnKpis
+from app.streams.delivery import Delivery
 from app.streams.readmodel import RISK_BUCKETS, ReadModel, risk_bucket
 from app.streams.summaries import PartitionSummaries, weighted
-from app.streams.tables import bind_event, erasure_marker_key, is_marker, key_partition
+from app.streams.tables import is_marker, key_partition
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +61,6 @@ def policy_from(
         dedup_event_ids=settings.dedup_event_ids,
         realert_after=settings.detractor_realert_after,
     )
-
-
-def load_state(raw: bytes | None) -> CustomerState | None:
-    return None if raw is None else CustomerState.model_validate_json(raw)
-
-
-def dump_state(state: CustomerState) -> bytes:
-    return state.model_dump_json().encode()
 
 
 class BatchProcessor:
@@ -127,33 +100,23 @@ class BatchProcessor:
         self._owned: set[int] = set()
         self._revenues_dirty = False
         self._cutoffs_at = 0.0
-        self._cache: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
+        self.states = store.CustomerStore(customers, settings.state_cache_size)
+        self.delivery = Delivery(
+            app.producer, customers, nps_tallies, topic_alerts=settings.topic_alerts,
+            topic_deadletter=settings.topic_deadletter, partitions_of=self._partitions,
+            metrics=metrics, shadow=settings.shadow,
+        )  # fmt: skip
+        self.limits = Limits(
+            max_event_bytes=settings.max_event_bytes, max_future_skew=settings.max_future_skew,
+            sweep_limit=settings.sweep_batch_limit, topic_erasure=settings.topic_erasure,
+            topic_alert_actions=settings.topic_alert_actions,
+        )  # fmt: skip
         self.readmodel = ReadModel()
         self.kpis = ChurnKpis(settings, metrics, self.readmodel, summaries)
         self._seeded: set[int] = set()
 
     def _load(self, key: bytes) -> CustomerState | None:
-        """Read a customer, reusing the parsed state when the stored bytes are unchanged.
-
-        The table stays the source of truth: the cache is only used when the
-        bytes in the table are exactly the bytes that produced the cached
-        object, so a rebalance, a restore or a crashed batch can never serve a
-        stale state.
-        """
-        raw = self.customers.data.get(key)
-        if raw is None:
-            return None
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == raw:
-            self._cache.move_to_end(key)
-            return hit[1]
-        return load_state(raw)
-
-    def _remember(self, key: bytes, raw: bytes, state: CustomerState) -> None:
-        self._cache[key] = (raw, state)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.settings.state_cache_size:
-            self._cache.popitem(last=False)
+        return self.states.get(key)
 
     async def _ensure_metadata(self, topics: Sequence[str]) -> None:
         """aiokafka refuses an explicit partition of a topic whose metadata it has not loaded."""
@@ -164,17 +127,13 @@ class BatchProcessor:
                 self._known_topics.add(topic)
 
     async def handle(self, events: Sequence[Any]) -> None:
-        """Process one batch of Faust events (acked by take_events after we return)."""
+        """One batch of Faust events: fold (pure), deliver (ordered), then update the caches.
+
+        Faust's ``take_events`` acks the batch after this returns; everything the batch
+        decided has reached the broker by then.
+        """
         started = time.perf_counter()
         now = datetime.now(UTC)
-        work: dict[bytes, CustomerState] = {}
-        carrier: dict[bytes, Any] = {}
-        last_event: dict[bytes, Any] = {}
-        alerts: list[tuple[Alert, float]] = []
-        sends: list[Awaitable[Any]] = []
-        outcomes: Counter[tuple[str, str]] = Counter()
-        tallies: dict[bytes, list[int]] = {}
-        swept = 0
         await self._ensure_metadata(
             [
                 *self.settings.input_topics,
@@ -183,297 +142,71 @@ class BatchProcessor:
                 self.summaries.topic,
             ]
         )
-        policy = self.policy
-        max_bytes = self.settings.max_event_bytes
         # One event per input partition: RocksDB stores pick the partition database
         # from Faust's current event, and a changelog partition is its input partition.
         by_partition: dict[int, Any] = {}
-        # customers forgotten in this batch -> (partition, time of the request)
-        erased: dict[bytes, tuple[int, datetime]] = {}
+        records: list[Record] = []
         for ev in events:
             msg = ev.message
             by_partition[msg.partition] = ev
             self._positions[(msg.topic, msg.partition)] = msg.offset + 1
-            if msg.topic == self.settings.topic_erasure:
-                sends.extend(await self._erasure(msg, work, alerts, erased))
-                continue
-            if msg.topic == self.settings.topic_alert_actions:
-                sends.extend(await self._action(ev, work, carrier, erased, outcomes))
-                continue
-            try:
-                event = decode_event(msg.value, max_bytes)
-            except InvalidEventError as exc:
-                sends.append(await self._dead_letter(msg, exc))
-                continue
-            if event.occurred_at > now + self.settings.max_future_skew:
-                # Folding it would age the customer years ahead and prune its history.
-                sends.append(await self._dead_letter(msg, InvalidEventError(
-                    "future_event", f"occurred_at {event.occurred_at.isoformat()} is more than "
-                    f"{self.settings.max_future_skew} ahead of the clock", "occurred_at")))
-                continue
-            key = event.customer_id.encode()
-            if not self._well_placed(msg, key):
-                sends.append(await self._reroute(msg, key))
-                continue
-            bind_event(ev)
-            state = work.get(key)
-            if state is None:
-                if self._erased_before(key, event.occurred_at, erased):
-                    outcomes[(event.event_type, "erased")] += 1
-                    continue
-                # After an erasure in this batch the customer starts again from nothing.
-                state = None if key in erased else self._load(key)
-                if state is None:
-                    state = CustomerState(
-                        customer_id=event.customer_id, currency=policy.base_currency
-                    )
-                work[key] = state
-            carrier[key] = ev
-            before = Snapshot.of(state)
-            won_back, recovered = state.won_back, state.recovered
-            try:
-                outcome = fold(state, event, policy)
-            except InvalidEventError as exc:
-                sends.append(await self._dead_letter(msg, exc))
-                continue
-            mirror = self._revenues.setdefault(msg.partition, {})
-            if isinstance(event, Purchase) or key not in mirror:
-                mirror[key] = float(state.revenue_at(state.last_event_at or now))
-                self._revenues_dirty = True
-            if state.won_back > won_back:
-                self.metrics.won_back.inc()
-            if state.recovered > recovered:
-                for group in _groups(state):
-                    self.metrics.recovered.labels(group).inc(state.recovered - recovered)
-            last_event[key] = event
-            self.readmodel.advance(msg.partition, event.occurred_at, now)
-            outcomes[(event.event_type, outcome.value)] += 1
-            if isinstance(event, SurveyResponse) and outcome is not Outcome.DUPLICATE:
-                day = event.occurred_at.astimezone(UTC).date()
-                for seg in segments.segments_of(event):
-                    tkey = segments.tally_key(msg.partition, seg, day).encode()
-                    tally = tallies.get(tkey)
-                    if tally is None:
-                        stored = self.nps_tallies.data.get(tkey)
-                        tally = json.loads(stored) if stored else segments.new_tally()
-                        tallies[tkey] = tally
-                    segments.add(tally, event.score, msg.offset)
-            wall = time.time()
-            self.metrics.event_latency.observe(max(0.0, wall - msg.timestamp))
-            self.metrics.event_time_lag.observe(max(0.0, wall - event.occurred_at.timestamp()))
-            for alert in evaluate(before, state, event, policy, now):
-                alerts.append((alert, msg.timestamp))
-        pending = [k for k, st in work.items() if _alert_pending(st)]
-        if pending and self._revenues_dirty:
-            # Those alerts may hinge on the Pareto boundary: include this batch's revenue.
-            policy = self._recompute_cutoffs()
-            for key in pending:
-                state = work[key]
-                for alert in evaluate(Snapshot.of(state), state, last_event[key], policy, now):
-                    alerts.append((alert, carrier[key].message.timestamp))
-        # The sweep: customers whose risk can have changed because stream time moved on.
-        for part, ev in by_partition.items():
-            if part not in self._seeded:
-                continue
-            for key in self.readmodel.take_due(part, self.settings.sweep_batch_limit):
-                if key in work or key in erased:
-                    continue
-                bind_event(ev)
-                state = self._load(key)
-                if state is not None:
-                    work[key], carrier[key] = state, ev
-                    swept += 1
-        # Every touched customer as of now, and the alerts that time raises.
-        for key, state in work.items():
-            msg = carrier[key].message
-            stream_now = self.readmodel.stream_time(msg.partition) or state.last_event_at or now
-            was_lapsed = state.lapsed_at is not None
-            refresh(state, policy, stream_now)
-            if state.lapsed_at is not None and not was_lapsed:
-                self.metrics.lapses.inc()
-            for alert in evaluate_time(state, policy, stream_now, now):
-                alerts.append((alert, msg.timestamp))
-        # Alerts first and confirmed: the table write then records them as sent.
-        if alerts:
-            delivered = [
-                await self.alerts_topic.send(key=a.customer_id.encode(), value=encode(a))
-                for a, _ in alerts
-            ]
-            await asyncio.gather(*delivered)
-            sent_at = time.time()
-            for alert, produced_at in alerts:
-                self.metrics.alerts.labels(alert.rule).inc()
-                self.metrics.alert_latency.observe(max(0.0, sent_at - produced_at))
-        # Then the segment tallies, delivered before any customer state: a replay after a
-        # crash finds either the customer's state (a duplicate, not tallied again) or the
-        # tally's offset watermark, never a tally short of a response its customer has.
-        tally_writes = [
-            (tkey, json.dumps(tally).encode(), int(tkey.split(b"|", 1)[0]))
-            for tkey, tally in tallies.items()
-        ]
-        await self._write(self.nps_tallies, tally_writes, by_partition)
-        # Each touched customer is written once, straight to its changelog partition and,
-        # once delivered, to the local store. (Faust's per-key table write path costs
-        # about 3x more per record; recovery reads the same changelog.)
-        writes = []
-        for key, state in work.items():
-            raw = dump_state(state)
-            part = carrier[key].message.partition
-            writes.append((key, raw, part))
-            self._remember(key, raw, state)
-            self._revenues.setdefault(part, {})[key] = float(state.trailing_revenue)
-            stream_now = state.churn_as_of or now
-            self.readmodel.record(key, part, state, next_check(state, policy, stream_now))
-        # Dead letters and re-routed records are delivered with them, before the batch is
-        # acked; a failure crashes the agent and the batch is replayed (harmless: event_id
-        # dedup and the tally watermarks).
-        await self._write(self.customers, writes, by_partition, sends)
-        if erased:
-            await self._forget(erased, work, by_partition)
-        for (event_type, result), n in outcomes.items():
-            self.metrics.events.labels(event_type, result).inc(n)
+            records.append(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                                  msg.timestamp, tuple(msg.headers or ())))  # fmt: skip
+        bind = store.binder(by_partition)
+        result = fold_batch(records, _View(self, bind, now), self.policy, self.limits, now)
+        self._merge_revenues(result.revenues)
+        raws = await self.delivery.deliver(result, bind)
+        self._after(result, raws, now)
         self.metrics.batch_size.observe(len(events))
-        if swept:
-            self.metrics.swept.inc(swept)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
-    async def _write(
-        self,
-        table: Any,
-        records: list[tuple[bytes, bytes, int]],
-        by_partition: dict[int, Any],
-        also: Sequence[Awaitable[Any]] = (),
-    ) -> None:
-        """Deliver (key, value, partition) records to the table's changelog, then store them.
-
-        The local store only ever holds what its changelog has, so a restart on the
-        same state directory and one on a fresh directory see the same state.
-        """
-        changelog = table.changelog_topic.get_topic_name()
-        send = self.app.producer.send
-        futs: list[Any] = [
-            await send(changelog, key, raw, part, None, None) for key, raw, part in records
-        ]
-        if futs or also:
-            await asyncio.gather(*futs, *also)
-        store = table.data
-        last: dict[int, int] = {}
-        for (key, raw, part), fut in zip(records, futs, strict=True):
-            bind_event(by_partition[part])
-            store[key] = raw
-            last[part] = max(last.get(part, -1), fut.result().offset)
-        for part, offset in last.items():
-            # Where the local store is up to date: a restart reads only the tail.
-            store.set_persisted_offset(TP(changelog, part), offset)
-
-    async def _erasure(
-        self, msg: Any, work: dict[bytes, CustomerState], alerts: list[tuple[Alert, float]],
-        erased: dict[bytes, tuple[int, datetime]],
-    ) -> list[Awaitable[Any]]:  # fmt: skip
-        """Note an erasure request: what the batch knew of the customer is dropped too."""
-        try:
-            request = decode_erasure(msg.value, self.settings.max_event_bytes)
-        except InvalidEventError as exc:
-            return [await self._dead_letter(msg, exc)]
-        key = request.customer_id.encode()
-        if not self._well_placed(msg, key):
-            return [await self._reroute(msg, key)]
-        work.pop(key, None)
-        alerts[:] = [a for a in alerts if a[0].customer_id != request.customer_id]
-        previous = erased.get(key)
-        at = request.occurred_at if previous is None else max(previous[1], request.occurred_at)
-        erased[key] = (msg.partition, at)
-        self.metrics.erasures.inc()
-        return []
-
-    async def _action(
-        self, ev: Any, work: dict[bytes, CustomerState], carrier: dict[bytes, Any],
-        erased: dict[bytes, tuple[int, datetime]], outcomes: Counter[tuple[str, str]],
-    ) -> list[Awaitable[Any]]:  # fmt: skip
-        """Fold a CRM action into its case; an action for an unknown alert is dead-lettered."""
-        msg = ev.message
-        try:
-            action = decode_action(msg.value, self.settings.max_event_bytes)
-        except InvalidEventError as exc:
-            return [await self._dead_letter(msg, exc)]
-        key = action.customer_id.encode()
-        if not self._well_placed(msg, key):
-            return [await self._reroute(msg, key)]
-        bind_event(ev)
-        state = work.get(key)
-        if state is None and key not in erased:
-            state = self._load(key)
-        if state is None:
-            unknown = InvalidEventError("unknown_alert", "no such customer", "customer_id")
-            return [await self._dead_letter(msg, unknown)]
-        known = {c.alert_id: (c.acknowledged_at, c.contacted_at) for c in state.cases}
-        try:
-            outcome = apply_action(state, action)
-        except InvalidEventError as exc:
-            return [await self._dead_letter(msg, exc)]
-        work[key], carrier[key] = state, ev
-        outcomes[("alert_action", outcome.value)] += 1
-        case = next((c for c in state.cases if c.alert_id == action.alert_id), None)
-        if case is not None and action.alert_id in known:
-            acked, contacted = known[action.alert_id]
-            if acked is None and case.acknowledged_at is not None:
-                self.metrics.case_time_to_ack.observe(
-                    max(0.0, (case.acknowledged_at - case.opened_at).total_seconds()))
-            if contacted is None and case.contacted_at is not None:
-                self.metrics.case_time_to_contact.observe(
-                    max(0.0, (case.contacted_at - case.opened_at).total_seconds()))
-                for group in _groups(state):
-                    self.metrics.cases_contacted.labels(group).inc()
-        return []
-
-    def _erased_before(self, key: bytes, at: datetime,
-                       erased: dict[bytes, tuple[int, datetime]]) -> bool:  # fmt: skip
-        """The customer asked to be forgotten after this event happened: drop the event."""
-        if key in erased:
-            return at <= erased[key][1]
-        raw = self.customers.data.get(erasure_marker_key(key))
-        return raw is not None and at <= datetime.fromisoformat(json.loads(raw)["erased_at"])
-
-    async def _forget(
-        self, erased: dict[bytes, tuple[int, datetime]], work: dict[bytes, CustomerState],
-        by_partition: dict[int, Any],
-    ) -> None:  # fmt: skip
-        """Tombstones for the customers' state and alerts, a marker, then the local copies go.
-
-        The changelog tombstone is what makes it stick: compaction removes the
-        customer and a restore (fresh or own state dir) never brings it back; the
-        marker (a hash of the id and the request time) drops the customer's older
-        events if they are replayed or arrive late. A customer with events after
-        the request in this batch keeps only those (its new state was just written).
-        """
-        changelog = self.customers.changelog_topic.get_topic_name()
-        send = self.app.producer.send
-        writes: list[tuple[bytes, bytes | None, int]] = []
-        for key, (part, at) in erased.items():
-            marker = json.dumps({"erased_at": at.astimezone(UTC).isoformat()}).encode()
-            writes.append((erasure_marker_key(key), marker, part))
-            if key not in work:
-                writes.append((key, None, part))
-        futs: list[Any] = [await send(changelog, k, v, p, None, None) for k, v, p in writes]
-        futs += [await send(self.settings.topic_alerts, key, None, None, None, None)
-                 for key in erased]  # fmt: skip
-        await asyncio.gather(*futs)
-        store = self.customers.data
-        last: dict[int, int] = {}
-        for (key, raw, part), fut in zip(writes, futs, strict=False):
-            bind_event(by_partition[part])
-            if raw is not None:
-                store[key] = raw
-            else:
-                with contextlib.suppress(KeyError):
-                    del store[key]
-                self._cache.pop(key, None)
+    def _after(self, result: BatchResult, raws: dict[bytes, bytes], now: datetime) -> None:
+        """Caches and metrics, once the batch is delivered."""
+        for part, at in result.clock.items():
+            self.readmodel.advance(part, at, now)
+        policy = self.policy
+        for key, (part, state) in result.states.items():
+            self.states.remember(key, raws[key], state)
+            self._revenues.setdefault(part, {})[key] = float(state.trailing_revenue)
+            due = next_check(state, policy, state.churn_as_of or now)
+            self.readmodel.record(key, part, state, due)
+        for key, (part, _) in result.erased.items():
+            if key not in result.states:
+                self.states.forget(key)
                 self.readmodel.drop(key)
                 self._revenues.get(part, {}).pop(key, None)
-            last[part] = max(last.get(part, -1), fut.result().offset)
-        for part, offset in last.items():
-            store.set_persisted_offset(TP(changelog, part), offset)
-        self._revenues_dirty = True
+        if result.erased:
+            self._revenues_dirty = True
+        m = self.metrics
+        wall = time.time()
+        for alert, produced in result.alerts:
+            m.alerts.labels(alert.rule).inc()
+            m.alert_latency.observe(max(0.0, wall - produced))
+        for produced, occurred in result.latencies:
+            m.event_latency.observe(max(0.0, wall - produced))
+            m.event_time_lag.observe(max(0.0, wall - occurred))
+        for (event_type, outcome), n in result.outcomes.items():
+            m.events.labels(event_type, outcome).inc(n)
+        for group, n in result.recovered.items():
+            m.recovered.labels(group).inc(n)
+        for group, n in result.contacted.items():
+            m.cases_contacted.labels(group).inc(n)
+        for seconds in result.time_to_ack:
+            m.case_time_to_ack.observe(seconds)
+        for seconds in result.time_to_contact:
+            m.case_time_to_contact.observe(seconds)
+        for counter, n in ((m.won_back, result.won_back), (m.lapses, result.lapses),
+                           (m.erasures, result.erasures), (m.swept, result.swept)):  # fmt: skip
+            if n:
+                counter.inc(n)
+
+    def _merge_revenues(self, revenues: dict[int, dict[bytes, float]]) -> None:
+        for part, changed in revenues.items():
+            mirror = self._revenues.setdefault(part, {})
+            for key, revenue in changed.items():
+                if mirror.get(key) != revenue:
+                    mirror[key] = revenue
+                    self._revenues_dirty = True
 
     def _partitions(self, topic: str) -> int:
         n = self._partition_counts.get(topic)
@@ -487,41 +220,6 @@ class BatchProcessor:
         if msg.key != key:
             return False
         return bool(key_partition(key, self._partitions(msg.topic)) == msg.partition)
-
-    async def _reroute(self, msg: Any, key: bytes) -> Awaitable[Any]:
-        """Re-produce a wrongly keyed record under customer_id, onto its proper partition."""
-        if self.settings.shadow:
-            # A shadow never writes to production inputs: it reads the copy production made.
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
-        n = self._partitions(msg.topic)
-        headers = list(msg.headers or []) + [
-            ("feedback-rekeyed-from", f"{msg.topic}/{msg.partition}/{msg.offset}".encode())
-        ]
-        self.metrics.rekeyed.labels(msg.topic).inc()
-        fut: Awaitable[Any] = await self.app.producer.send(
-            msg.topic, key, msg.value, key_partition(key, n), None, headers
-        )
-        return fut
-
-    async def _dead_letter(self, msg: Any, exc: InvalidEventError) -> Awaitable[Any]:
-        """Original key, bytes and headers, plus why and where from, in headers."""
-        headers = list(msg.headers or []) + [
-            ("dlq.reason", exc.reason.encode()),
-            ("dlq.detail", exc.detail.encode()[:1000]),
-            ("dlq.field", (exc.field or "").encode()),
-            ("dlq.topic", msg.topic.encode()),
-            ("dlq.partition", str(msg.partition).encode()),
-            ("dlq.offset", str(msg.offset).encode()),
-            ("dlq.timestamp_ms", str(int(msg.timestamp * 1000)).encode()),
-        ]
-        self.metrics.dead_letters.labels(exc.reason, msg.topic).inc()
-        log.warning("dead-lettered %s/%s@%s: %s", msg.topic, msg.partition, msg.offset, exc)
-        fut: Awaitable[Any] = await self.app.producer.send(
-            self.settings.topic_deadletter, msg.key, msg.value or b"", None, None, headers
-        )
-        return fut
 
     async def share_summaries(self) -> None:
         """Publish a summary of each owned partition; recompute the Pareto boundary."""
@@ -805,20 +503,44 @@ def _iso_ts(ts: float) -> str | None:
     return iso(datetime.fromtimestamp(ts, UTC)) if ts else None
 
 
-def _groups(state: CustomerState) -> list[str]:
-    """Metric groups of a customer: overall, its value tier and its segment values."""
-    seg = state.segment
-    values = (seg.tier, seg.region, seg.channel, seg.product) if seg else (None,) * 4
-    return churn_kpi.groups(state.value_tier, values)
-
-
-def _alert_pending(state: CustomerState) -> bool:
-    episode = state.detractor_episode
-    return state.band == "detractor" and (episode is None or not episode.alerted)
-
-
 def _text(key: bytes | str) -> str:
     return key.decode() if isinstance(key, bytes) else key
 
 
 __all__ = ["RISK_BUCKETS", "BatchProcessor", "risk_bucket"]
+
+
+class _View:
+    """The stored state a batch folds against (domain.batch.BatchView) for one batch."""
+
+    def __init__(self, proc: BatchProcessor, bind: store.Bind, now: datetime) -> None:
+        self.proc, self.bind, self.now = proc, bind, now
+
+    def customer(self, key: bytes, partition: int) -> CustomerState | None:
+        self.bind(partition)
+        return self.proc.states.get(key)
+
+    def tally(self, key: bytes, partition: int) -> list[int] | None:
+        self.bind(partition)
+        return store.load_tally(self.proc.nps_tallies.data.get(key))
+
+    def erased_at(self, key: bytes, partition: int) -> datetime | None:
+        self.bind(partition)
+        return self.proc.states.erased_at(key)
+
+    def stream_time(self, partition: int) -> datetime | None:
+        return self.proc.readmodel.stream_time(partition)
+
+    def well_placed(self, record: Record, key: bytes) -> bool:
+        return self.proc._well_placed(record, key)  # noqa: SLF001 - same module
+
+    def due(self, partition: int, stream_time: datetime, limit: int) -> list[bytes]:
+        if partition not in self.proc._seeded:  # noqa: SLF001 - not indexed yet
+            return []
+        self.proc.readmodel.advance(partition, stream_time, self.now)
+        return self.proc.readmodel.take_due(partition, limit)
+
+    def repolicy(self, revenues: dict[int, dict[bytes, float]]) -> Policy:
+        proc = self.proc
+        proc._merge_revenues(revenues)  # noqa: SLF001
+        return proc._recompute_cutoffs() if proc._revenues_dirty else proc.policy  # noqa: SLF001

@@ -40,7 +40,7 @@ def register(app: faust.App, processor: BatchProcessor) -> None:
     customers = processor.customers
     secret = processor.settings.http_token
     token = secret.get_secret_value() if secret is not None else None
-    from app.streams.processor import load_state
+    from app.streams.store import load_state
 
     def protected(handler: Handler) -> Handler:
         """Refuse without the bearer token (before any routing to another worker)."""

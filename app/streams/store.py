@@ -1,0 +1,138 @@
+"""The owner of what the worker stores: table names, key formats, codecs and the write path.
+
+Everyone else calls these functions; nothing else parses stored bytes.
+
+- ``customer_state_by_customer``: key ``customer_id`` bytes, value the CustomerState
+  JSON (``dump_state``; the versioned model loads data written by older versions), or
+  an erasure marker under ``erasure_marker_key`` (see tables.py).
+- ``nps_tally_by_partition``: key ``<partition>|<segment>|<day>`` (segments.tally_key),
+  value ``[promoters, passives, detractors, last_offset]`` as JSON.
+
+A write goes to the table's changelog first and, once the broker has it, to the
+local store with the changelog offset it reached, so a restart on the same state
+directory and one on a fresh directory see the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from faust.types import TP
+
+from app.domain.customer import CustomerState
+from app.streams.tables import bind_event, erasure_marker_key
+
+CUSTOMERS_TABLE = "customer_state_by_customer"
+TALLIES_TABLE = "nps_tally_by_partition"
+
+# partition -> binds Faust's current event so the RocksDB store picks that partition's db
+Bind = Callable[[int], None]
+
+
+def load_state(raw: bytes | None) -> CustomerState | None:
+    return None if raw is None else CustomerState.model_validate_json(raw)
+
+
+def dump_state(state: CustomerState) -> bytes:
+    return state.model_dump_json().encode()
+
+
+def dump_tally(tally: list[int]) -> bytes:
+    return json.dumps(tally).encode()
+
+
+def load_tally(raw: bytes | None) -> list[int] | None:
+    return None if raw is None else list(json.loads(raw))
+
+
+def tally_partition(key: bytes | str) -> int:
+    """The input partition a tally key counts (its first field)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return int(text.split("|", 1)[0])
+
+
+def dump_marker(erased_at: datetime) -> bytes:
+    return json.dumps({"erased_at": erased_at.astimezone(UTC).isoformat()}).encode()
+
+
+def load_marker(raw: bytes | None) -> datetime | None:
+    return None if raw is None else datetime.fromisoformat(json.loads(raw)["erased_at"])
+
+
+def binder(events_by_partition: dict[int, Any]) -> Bind:
+    """A Bind over one Faust event per input partition of the batch."""
+
+    def bind(partition: int) -> None:
+        bind_event(events_by_partition[partition])
+
+    return bind
+
+
+class CustomerStore:
+    """Reads of the customers table, reusing parsed states whose stored bytes are unchanged.
+
+    The table stays the source of truth: a cached object is only used when the bytes
+    in the table are exactly the bytes that produced it, so a rebalance, a restore or
+    a crashed batch can never serve a stale state.
+    """
+
+    def __init__(self, table: Any, cache_size: int) -> None:
+        self.table = table
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
+
+    def get(self, key: bytes) -> CustomerState | None:
+        raw = self.table.data.get(key)
+        if raw is None:
+            return None
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == raw:
+            self._cache.move_to_end(key)
+            return hit[1]
+        return load_state(raw)
+
+    def erased_at(self, key: bytes) -> datetime | None:
+        return load_marker(self.table.data.get(erasure_marker_key(key)))
+
+    def remember(self, key: bytes, raw: bytes, state: CustomerState) -> None:
+        self._cache[key] = (raw, state)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def forget(self, key: bytes) -> None:
+        self._cache.pop(key, None)
+
+
+async def write(
+    producer: Any, table: Any, records: Sequence[tuple[bytes, bytes | None, int]], bind: Bind,
+    also: Sequence[Awaitable[Any]] = (),
+) -> None:  # fmt: skip
+    """Deliver (key, value or tombstone, partition) records to the changelog, then store them.
+
+    ``also`` (dead letters, re-routed records) is awaited with the changelog sends: all
+    of it reaches the broker before the batch is acknowledged.
+    """
+    changelog = table.changelog_topic.get_topic_name()
+    futs: list[Any] = [
+        await producer.send(changelog, key, raw, part, None, None) for key, raw, part in records
+    ]
+    if futs or also:
+        await asyncio.gather(*futs, *also)
+    store = table.data
+    last: dict[int, int] = {}
+    for (key, raw, part), fut in zip(records, futs, strict=True):
+        bind(part)
+        if raw is None:
+            store.pop(key, None)
+        else:
+            store[key] = raw
+        last[part] = max(last.get(part, -1), fut.result().offset)
+    for part, offset in last.items():
+        # Where the local store is up to date: a restart reads only the tail.
+        store.set_persisted_offset(TP(changelog, part), offset)

@@ -1,0 +1,129 @@
+"""fold_batch without a broker: what one batch decides."""
+
+from __future__ import annotations
+
+from app.domain.batch import Record, fold_batch
+from app.domain.events import ErasureRequest, encode
+from app.streams import store
+from tests.unit.domain.factory import at, purchase, survey
+from tests.unit.streams.batchkit import (
+    ERASURE,
+    LIMITS,
+    NOW,
+    SURVEYS,
+    Table,
+    View,
+    policy,
+    records,
+)
+
+
+def view(threshold: str = "1000") -> View:
+    return View(Table("customers"), Table("tallies"), policy(threshold))
+
+
+def store_result(v: View, result: object) -> None:
+    """What delivery would leave in the local stores (no broker needed here)."""
+    for key, (_, state) in result.states.items():  # type: ignore[attr-defined]
+        v.customers.data[key] = store.dump_state(state)
+    for key, tally in result.tallies.items():  # type: ignore[attr-defined]
+        v.tallies.data[key] = store.dump_tally(tally)
+
+
+def test_bad_records_are_dead_lettered_with_a_reason_and_the_rest_is_folded() -> None:
+    good = records([survey(9, customer_id="c1"), survey(3, customer_id="c2")])
+    bad = [Record(SURVEYS, 0, 90, b"x", b"{not json", 0.0), Record(SURVEYS, 0, 91, b"x", b"", 0.0)]
+    result = fold_batch([bad[0], good[0], bad[1], good[1]], view(), policy(), LIMITS, NOW)
+    assert [(r.offset, e.reason) for r, e in result.dead] == [(90, "not_json"), (91, "empty")]
+    assert result.outcomes[("survey", "processed")] == 2
+    assert set(result.states) == {b"c1", b"c2"}
+
+
+def test_a_misplaced_record_is_rerouted_under_its_customer_id() -> None:
+    (rec,) = records([survey(9, customer_id="c1")])
+    wrong = Record(rec.topic, rec.partition, rec.offset, b"someone-else", rec.value, 0.0)
+    result = fold_batch([wrong], view(), policy(), LIMITS, NOW)
+    assert result.reroute == [(wrong, b"c1")]
+    assert result.states == {}
+
+
+def test_a_repeated_event_counts_once_in_state_and_tally() -> None:
+    ev = survey(3, customer_id="c1", segment={"region": "eu"})
+    once = fold_batch(records([ev]), view(), policy(), LIMITS, NOW)
+    twice = fold_batch(records([ev, ev]), view(), policy(), LIMITS, NOW)
+    assert twice.outcomes[("survey", "duplicate")] == 1
+    assert twice.tallies == once.tallies
+    assert twice.states[b"c1"][1].seq == once.states[b"c1"][1].seq == 1
+
+
+def test_replaying_a_delivered_batch_changes_nothing() -> None:
+    events = [purchase(5000, day=1, customer_id="c1"), survey(9, day=2, customer_id="c1"),
+              survey(2, day=3, customer_id="c1", segment={"region": "eu"}),
+              survey(8, day=3, customer_id="c2")]  # fmt: skip
+    v = view()
+    first = fold_batch(records(events), v, policy(), LIMITS, NOW)
+    assert [a.rule for a, _ in first.alerts] == ["detractor"]
+    store_result(v, first)
+    customers, tallies = dict(v.customers.data), dict(v.tallies.data)
+    again = fold_batch(records(events), v, policy(), LIMITS, NOW)
+    assert again.alerts == []
+    assert again.outcomes[("survey", "duplicate")] == 3
+    store_result(v, again)
+    assert dict(v.tallies.data) == tallies
+    for key in customers:
+        before, after = store.load_state(customers[key]), store.load_state(v.customers.data[key])
+        assert before is not None and after is not None
+        assert after.seq == before.seq and after.score == before.score
+
+
+def test_a_replay_whose_state_was_lost_still_counts_no_response_twice() -> None:
+    """The tally reached its changelog, the customer state did not (a crash in between)."""
+    events = [survey(9, day=1, customer_id="c1"), survey(4, day=2, customer_id="c1")]
+    v = view()
+    first = fold_batch(records(events), v, policy(), LIMITS, NOW)
+    for key, tally in first.tallies.items():
+        v.tallies.data[key] = store.dump_tally(tally)
+    again = fold_batch(records(events), v, policy(), LIMITS, NOW)
+    assert again.tallies == first.tallies
+    assert again.states[b"c1"][1].seq == 2
+
+
+def test_the_second_alert_pass_fires_once_when_the_batch_moves_the_pareto_boundary() -> None:
+    # 500 EUR is below the first policy's 1,000 threshold; the boundary the batch's own
+    # revenue produces (repolicy) makes it high value.
+    events = [purchase(500, day=1, customer_id="c1"), survey(2, day=2, customer_id="c1")]
+    v = view()
+    v.pol = policy("100")
+    result = fold_batch(records(events), v, policy("1000"), LIMITS, NOW)
+    assert v.repolicies == 1
+    detractor = [a for a, _ in result.alerts if a.rule == "detractor"]
+    assert [a.customer_id for a in detractor] == ["c1"]
+    assert result.states[b"c1"][1].detractor_episode is not None
+
+
+def test_no_second_pass_without_a_pending_detractor() -> None:
+    v = view()
+    fold_batch(records([purchase(500, customer_id="c1"), survey(9, customer_id="c1")]), v,
+               policy(), LIMITS, NOW)  # fmt: skip
+    assert v.repolicies == 0
+
+
+def test_an_erasure_drops_the_customer_and_its_alerts_from_the_batch() -> None:
+    events = [purchase(5000, day=1, customer_id="c1"), survey(2, day=2, customer_id="c1")]
+    recs = records(events)
+    request = ErasureRequest(event_type="erasure", event_id="x1", customer_id="c1",
+                             occurred_at=at(days=3), schema_version=1)
+    erase = Record(ERASURE, recs[0].partition, 0, b"c1", encode(request), 0.0)
+    later = records([survey(9, day=4, customer_id="c1")], start=10)
+    result = fold_batch([*recs, erase, *later], view(), policy(), LIMITS, NOW)
+    assert result.alerts == []
+    assert result.erased == {b"c1": (recs[0].partition, at(days=3))}
+    # The customer starts again from nothing after the request: only the later answer.
+    assert result.states[b"c1"][1].seq == 1 and result.states[b"c1"][1].score == 9
+
+
+def test_stream_time_follows_event_time_capped_at_the_clock() -> None:
+    result = fold_batch(records([survey(9, day=1, customer_id="c1")]), view(), policy(),
+                        LIMITS, NOW)  # fmt: skip
+    (part, clock), = result.clock.items()
+    assert clock == at(days=1) and part == result.states[b"c1"][0]
