@@ -37,6 +37,12 @@ def tally_key(partition: int, segment: str, day: date) -> str:
     return f"{partition}|{segment}|{day.isoformat()}"
 
 
+def split_partition(key: str) -> tuple[int, str]:
+    """A tally key as (its input partition, ``segment|day``)."""
+    partition, rest = key.split("|", 1)
+    return int(partition), rest
+
+
 def parse_key(key: str) -> tuple[int, str, date]:
     partition, segment, day = key.split("|")
     return int(partition), segment, date.fromisoformat(day)

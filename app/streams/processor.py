@@ -10,7 +10,6 @@ response twice or not at all.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -32,8 +31,9 @@ from app.settings import Settings
 from app.streams import store
 from app.streams.churnkpis import ChurnKpis
 from app.streams.delivery import Delivery
+from app.streams.pareto import ParetoMirror
 from app.streams.readmodel import RISK_BUCKETS, ReadModel, risk_bucket
-from app.streams.summaries import PartitionSummaries, weighted
+from app.streams.summaries import PartitionSummaries
 from app.streams.tables import is_marker, key_partition
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,11 @@ class BatchProcessor:
         # Trailing revenue of the customers of each partition this worker owns
         # (derived from the customers table, seeded on assignment, kept current
         # by the agent); other partitions' figures come from the summaries.
-        self._revenues: dict[int, dict[bytes, float]] = {}
+        self.pareto = ParetoMirror()
+        # Parsed segment tallies of the owned partitions: partition -> segment|day -> tally
+        # (a mirror of the tallies table, seeded on assignment, kept current by batches).
+        self._tallies: dict[int, dict[str, list[int]]] = {}
         self._owned: set[int] = set()
-        self._revenues_dirty = False
-        self._cutoffs_at = 0.0
         self.states = store.CustomerStore(customers, settings.state_cache_size)
         self.delivery = Delivery(
             app.producer, customers, nps_tallies, topic_alerts=settings.topic_alerts,
@@ -114,6 +115,7 @@ class BatchProcessor:
         self.readmodel = ReadModel()
         self.kpis = ChurnKpis(settings, metrics, self.readmodel, summaries)
         self._seeded: set[int] = set()
+        self._generation = -1  # the consumer group generation the mirrors were seeded in
 
     def _load(self, key: bytes) -> CustomerState | None:
         return self.states.get(key)
@@ -154,7 +156,7 @@ class BatchProcessor:
                                   msg.timestamp, tuple(msg.headers or ())))  # fmt: skip
         bind = store.binder(by_partition)
         result = fold_batch(records, _View(self, bind, now), self.policy, self.limits, now)
-        self._merge_revenues(result.revenues)
+        self.pareto.merge(result.revenues)
         raws = await self.delivery.deliver(result, bind)
         self._after(result, raws, now)
         self.metrics.batch_size.observe(len(events))
@@ -164,19 +166,20 @@ class BatchProcessor:
         """Caches and metrics, once the batch is delivered."""
         for part, at in result.clock.items():
             self.readmodel.advance(part, at, now)
+        for tkey, tally in result.tallies.items():
+            part, rest = segments.split_partition(tkey.decode())
+            self._tallies.setdefault(part, {})[rest] = tally
         policy = self.policy
         for key, (part, state) in result.states.items():
             self.states.remember(key, raws[key], state)
-            self._revenues.setdefault(part, {})[key] = float(state.trailing_revenue)
+            self.pareto.put(part, key, float(state.trailing_revenue))
             due = next_check(state, policy, state.churn_as_of or now)
             self.readmodel.record(key, part, state, due)
         for key, (part, _) in result.erased.items():
             if key not in result.states:
                 self.states.forget(key)
                 self.readmodel.drop(key)
-                self._revenues.get(part, {}).pop(key, None)
-        if result.erased:
-            self._revenues_dirty = True
+                self.pareto.drop(part, key)
         m = self.metrics
         wall = time.time()
         for alert, produced in result.alerts:
@@ -200,14 +203,6 @@ class BatchProcessor:
             if n:
                 counter.inc(n)
 
-    def _merge_revenues(self, revenues: dict[int, dict[bytes, float]]) -> None:
-        for part, changed in revenues.items():
-            mirror = self._revenues.setdefault(part, {})
-            for key, revenue in changed.items():
-                if mirror.get(key) != revenue:
-                    mirror[key] = revenue
-                    self._revenues_dirty = True
-
     def _partitions(self, topic: str) -> int:
         n = self._partition_counts.get(topic)
         if n is None:
@@ -226,30 +221,32 @@ class BatchProcessor:
         owned = {tp.partition for tp in self.app.assignor.assigned_actives()
                  if tp.topic in self.settings.input_topics}  # fmt: skip
         recovered = self.app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-        if owned != self._owned or not recovered:
-            for p in set(self._revenues) - owned:
-                del self._revenues[p]
+        generation = self.app.consumer_generation_id
+        if owned != self._owned or generation != self._generation or not recovered:
+            # A rebalance: a partition may have been away and back, changed by another
+            # worker meanwhile, so every mirror is rebuilt from the restored tables.
             self.summaries.forget(self._owned - owned)
-            self.readmodel.forget(self._owned - owned)
-            self._seeded -= self._owned - owned
-            if recovered:
-                await self._seed(owned - self._owned)
-                self._owned = owned
-            else:
+            self.pareto.keep_only(())
+            self._tallies.clear()
+            self.readmodel.forget(self._owned | self._seeded)
+            self._seeded.clear()
+            self._owned = set()
+            if not recovered:
                 return
+            await self._seed(owned)
+            self._owned, self._generation = owned, generation
         await self._ensure_metadata([self.summaries.topic])
         producer = self.app.producer
-        tallies = self._local_tallies()
         for p in sorted(owned):
+            revenues, customers = self.pareto.summary(p)
             summary = {
-                "nps": {k.split("|", 1)[1]: v for k, v in tallies.items()
-                        if k.startswith(f"{p}|")},
-                "revenues": weighted(list(self._revenues.get(p, {}).values())),
-                "customers": len(self._revenues.get(p, {})),
+                "nps": dict(self._tallies.get(p, {})),
+                "revenues": revenues,
+                "customers": customers,
                 "churn": self.kpis.shared(p),
             }  # fmt: skip
             await self.summaries.publish(producer, p, summary)
-        if self.settings.high_value_top_share > 0:
+        if self.policy.value_policy.top_share > 0:
             self._recompute_cutoffs(force=True)
         await self._refit_rhythm()
 
@@ -295,30 +292,21 @@ class BatchProcessor:
                 continue
             p = key_partition(k, n)
             if p in partitions:
-                self._revenues.setdefault(p, {})[k] = self.readmodel.seed(k, p, raw, wall)
+                self.pareto.put(p, k, self.readmodel.seed(k, p, raw, wall))
+        for key, raw in self.nps_tallies.items():
+            part, rest = segments.split_partition(_text(key))
+            if part in partitions:
+                self._tallies.setdefault(part, {})[rest] = store.load_tally(raw) or []
         self._seeded |= partitions
-        self._revenues_dirty = True
-
-    def _all_revenues(self) -> list[tuple[float, float]]:
-        points: list[tuple[float, float]] = []
-        for p, mirror in self._revenues.items():
-            if p in self._owned or not self._owned:
-                points += [(v, 1.0) for v in mirror.values()]
-        for p, summary in self.summaries.remote.items():
-            if p not in self._owned:
-                points += [(float(v), float(w)) for v, w in summary.get("revenues", [])]
-        return points
+        self.pareto.dirty = True
 
     def _recompute_cutoffs(self, force: bool = False) -> Policy:
-        """New boundaries from the mirror; at most once a second for very large bases."""
-        now = time.monotonic()
-        points = self._all_revenues()
-        if not force and len(points) > 50_000 and now - self._cutoffs_at < 1.0:
+        """New Pareto boundaries into the policy (and the cutoff gauges)."""
+        cutoffs = self.pareto.cutoffs(self.policy.value_policy.top_share, self._owned,
+                                      self.summaries.remote, force)  # fmt: skip
+        if cutoffs is None:
             return self.policy
-        cutoffs = value.cutoffs_from_weighted(points, self.settings.high_value_top_share)
         self.policy = policy_from(self.settings, cutoffs, self.model)
-        self._revenues_dirty = False
-        self._cutoffs_at = now
         for tier, cut in (("A", cutoffs.a), ("B", cutoffs.b)):
             if cut is not None:
                 self.metrics.pareto_cutoff.labels(tier).set(cut)
@@ -373,12 +361,10 @@ class BatchProcessor:
 
     def _local_tallies(self) -> dict[str, list[int]]:
         """Tallies of the partitions this worker owns (all it holds, before the first check)."""
-        out = {}
-        for k, v in self.nps_tallies.items():
-            key = _text(k)
-            if not self._owned or int(key.split("|", 1)[0]) in self._owned:
-                out[key] = json.loads(v)
-        return out
+        if not self._owned:
+            return {_text(k): store.load_tally(v) or [] for k, v in self.nps_tallies.items()}
+        return {f"{p}|{rest}": tally for p in self._owned
+                for rest, tally in self._tallies.get(p, {}).items()}  # fmt: skip
 
     def at_risk(self, limit: int) -> list[dict[str, Any]]:
         """This worker's high-value customers by churn risk as of now, highest first.
@@ -488,6 +474,8 @@ class BatchProcessor:
         keys = {_text(k): k for k in self.nps_tallies.keys()}
         for key in segments.expired(list(keys), as_of, owned):
             del self.nps_tallies[keys[key]]
+            part, rest = segments.split_partition(key)
+            self._tallies.get(part, {}).pop(rest, None)
 
 
 CASE_AGES = ("under_1d", "1d_3d", "3d_7d", "over_7d")
@@ -542,5 +530,5 @@ class _View:
 
     def repolicy(self, revenues: dict[int, dict[bytes, float]]) -> Policy:
         proc = self.proc
-        proc._merge_revenues(revenues)  # noqa: SLF001
-        return proc._recompute_cutoffs() if proc._revenues_dirty else proc.policy  # noqa: SLF001
+        proc.pareto.merge(revenues)
+        return proc._recompute_cutoffs() if proc.pareto.dirty else proc.policy  # noqa: SLF001

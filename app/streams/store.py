@@ -24,6 +24,7 @@ from typing import Any
 
 from faust.types import TP
 
+from app.domain import segments
 from app.domain.customer import CustomerState
 from app.streams.tables import bind_event, erasure_marker_key
 
@@ -53,7 +54,7 @@ def load_tally(raw: bytes | None) -> list[int] | None:
 def tally_partition(key: bytes | str) -> int:
     """The input partition a tally key counts (its first field)."""
     text = key.decode() if isinstance(key, bytes) else key
-    return int(text.split("|", 1)[0])
+    return segments.split_partition(text)[0]
 
 
 def dump_marker(erased_at: datetime) -> bytes:

@@ -11,16 +11,30 @@ import functools
 import hmac
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import faust
 from faust.web import Request, Response, View
 
-from app.domain.churn_kpi import PERIODS
+from app.domain.churn_kpi import PERIODS, Period
+from app.domain.customer import CustomerState
 from app.domain.segments import WINDOWS
+from app.settings import Settings
+from app.streams.store import load_state
 
-if TYPE_CHECKING:
-    from app.streams.processor import BatchProcessor
+
+class Reads(Protocol):
+    """What the views read (the streams layer's BatchProcessor provides it)."""
+
+    customers: Any  # the customers table: routing and the owning worker's read
+    settings: Settings
+
+    def customer_view(self, state: CustomerState) -> dict[str, Any]: ...
+    def segment_nps(self, window: str | None, segment: str | None) -> dict[str, Any]: ...
+    def churn_report(self, period: Period, group: str | None) -> dict[str, Any]: ...
+    def cases(self, status: str | None, overdue: bool | None, limit: int) -> list[Any]: ...
+    def at_risk(self, limit: int) -> list[dict[str, Any]]: ...
+    def indexed_partitions(self) -> int: ...
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -35,12 +49,11 @@ def bearer_ok(header: str | None, token: str | None) -> bool:
     return hmac.compare_digest(header[len("Bearer "):].encode(), token.encode())
 
 
-def register(app: faust.App, processor: BatchProcessor) -> None:
+def register(app: faust.App, processor: Reads) -> None:
     """Attach the views to the app's web server."""
     customers = processor.customers
     secret = processor.settings.http_token
     token = secret.get_secret_value() if secret is not None else None
-    from app.streams.store import load_state
 
     def protected(handler: Handler) -> Handler:
         """Refuse without the bearer token (before any routing to another worker)."""
