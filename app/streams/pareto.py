@@ -8,9 +8,12 @@ are the revenues above which the top ``value_policy.top_share`` of customers lie
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 from app.domain import value
 from app.streams.summaries import weighted
@@ -54,28 +57,24 @@ class ParetoMirror:
         mirror = self.revenues.get(part, {})
         return weighted(list(mirror.values())), len(mirror)
 
-    def points(
-        self, owned: set[int], remote: Mapping[int, Mapping[str, Any]]
-    ) -> list[tuple[float, float]]:
-        """(revenue, weight) over all partitions: owned ones here, the others' summaries."""
-        points: list[tuple[float, float]] = []
-        for p, mirror in self.revenues.items():
-            if p in owned or not owned:
-                points += [(v, 1.0) for v in mirror.values()]
-        for p, summary in remote.items():
-            if p not in owned:
-                points += [(float(v), float(w)) for v, w in summary.get("revenues", [])]
-        return points
-
     def cutoffs(
         self, top_share: float, owned: set[int], remote: Mapping[int, Mapping[str, Any]],
         force: bool = False,
     ) -> value.RevenueCutoffs | None:  # fmt: skip
         """New boundaries, or None when a very large base was recounted less than 1 s ago."""
         now = time.monotonic()
-        points = self.points(owned, remote)
-        if not force and len(points) > LARGE_BASE and now - self._counted_at < 1.0:
+        mine = [m for p, m in self.revenues.items() if p in owned or not owned]
+        theirs = [pt for p, summary in remote.items() if p not in owned
+                  for pt in summary.get("revenues", [])]  # fmt: skip
+        n = sum(len(m) for m in mine) + len(theirs)
+        if not force and n > LARGE_BASE and now - self._counted_at < 1.0:
             return None
         self.dirty = False
         self._counted_at = now
-        return value.cutoffs_from_weighted(points, top_share)
+        revenues = np.fromiter(
+            itertools.chain(*(m.values() for m in mine), (float(v) for v, _ in theirs)),
+            dtype=np.float64, count=n,
+        )  # fmt: skip
+        weights = np.ones(n)
+        weights[n - len(theirs):] = [float(w) for _, w in theirs]
+        return value.cutoffs_of(revenues, weights, top_share)
