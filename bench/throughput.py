@@ -3,8 +3,15 @@
     python -m bench.throughput [--events N] [--customers N]
 
 Starts its own fresh broker, produces N simulated events, then measures:
-- floor: one aiokafka consumer doing decode + validate + fold (same domain code), no Faust;
-- pipeline: a real `feedback worker` process (Faust, RocksDB tables, changelogs, alerts).
+- floors: one aiokafka consumer reading raw records; the same plus decode + validate; the
+  same plus fold (same domain code), no Faust;
+- pipeline: a real `feedback worker` process (Faust, RocksDB tables, changelogs, alerts);
+- recovery: a worker SIGKILLed and started on an empty state dir (the whole changelog is
+  read back) and on its own state dir (only the tail): seconds until every partition is
+  restored and indexed (/health), and changelog records per second;
+- latency: the worker fed at half the pipeline's rate for 20 s: p50/p99 from produce to
+  state written (visible over HTTP) and from produce to alert delivered, from the worker's
+  own histograms.
 Writes bench/results/throughput-<timestamp>.json and .md with the machine described.
 """
 
@@ -27,6 +34,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
 
 from app.domain.customer import CustomerState, fold, refresh
 from app.domain.events import decode_event
@@ -55,25 +63,62 @@ def machine() -> dict[str, Any]:
             "kafka": kafka.KAFKA_VERSION}  # fmt: skip
 
 
-async def produce(bootstrap: str, topics: dict[str, str], n: int, customers: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics.values()])
-    await admin.close()
+async def produce(bootstrap: str, topics: dict[str, str], n: int, customers: int,
+                  skip: int = 0, rate: float | None = None, create: bool = True) -> None:  # fmt: skip
+    """The simulation's events ``skip`` to ``skip + n``, as fast as possible or at ``rate``/s."""
+    if create:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics.values()])
+        await admin.close()
     sim = Simulation(customers, seed=1, start=datetime(2025, 1, 1, tzinfo=UTC))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20,
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20 if rate is None else 0,
                                 max_batch_size=512 * 1024)  # fmt: skip
     await producer.start()
     pending = []
+    began = time.monotonic()
     for i, ev in enumerate(sim.events()):
-        if i >= n:
+        if i < skip:
+            continue
+        if i >= skip + n:
             break
+        if rate is not None:
+            due = began + (i - skip) / rate
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
         pending.append(await producer.send(topics[ev.kind], ev.value, key=ev.key))
         if len(pending) >= 5000:
             await asyncio.gather(*pending)
             pending.clear()
     await asyncio.gather(*pending)
     await producer.stop()
+
+
+async def read_floor(bootstrap: str, topics: dict[str, str], n: int, decode: bool) -> dict[str, float]:
+    """aiokafka consume alone (``decode=False``), or with decode + validate of every record."""
+    consumer = AIOKafkaConsumer(*topics.values(), bootstrap_servers=bootstrap,
+                                group_id=f"floor-{uuid.uuid4().hex}", auto_offset_reset="earliest",
+                                max_poll_records=1000)  # fmt: skip
+    await consumer.start()
+    seen = 0
+    t0 = 0.0
+    try:
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=1000)
+            if batch and not t0:
+                t0 = time.perf_counter()
+            for records in batch.values():
+                seen += len(records)
+                if decode:
+                    for r in records:
+                        try:
+                            decode_event(r.value)
+                        except InvalidEventError:
+                            pass
+        elapsed = time.perf_counter() - t0
+    finally:
+        await consumer.stop()
+    return {"events": seen, "seconds": round(elapsed, 3), "events_per_s": round(seen / elapsed)}
 
 
 async def floor(bootstrap: str, topics: dict[str, str], n: int) -> dict[str, float]:
@@ -130,46 +175,186 @@ def metric_sum(port: int, names: tuple[str, ...]) -> float:
                if line.startswith(names))  # fmt: skip
 
 
-def pipeline(
-    bootstrap: str, topics: dict[str, str], n: int, data: Path, extra: dict[str, str]
-) -> dict[str, float]:
-    port = kafka.free_port()
-    env = {**extra, **{k: v for k, v in os.environ.items() if not k.startswith("FEEDBACK_")},
-           "FEEDBACK_BROKER": f"kafka://{bootstrap}", "FEEDBACK_APP_ID": f"bench-{uuid.uuid4().hex[:8]}",
-           "FEEDBACK_DATA_DIR": str(data), "FEEDBACK_WEB_PORT": str(port),
-           "FEEDBACK_PARTITIONS": str(PARTITIONS), "FEEDBACK_TOPIC_SURVEYS": topics["survey"],
-           "FEEDBACK_TOPIC_PURCHASES": topics["purchase"], "FEEDBACK_TOPIC_COMPLAINTS": topics["complaint"],
-           "FEEDBACK_TOPIC_ALERTS": f"alerts-{uuid.uuid4().hex[:8]}",
-           "FEEDBACK_TOPIC_DEADLETTER": f"dlq-{uuid.uuid4().hex[:8]}"}  # fmt: skip
-    log = open(data.parent / "worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "app", "worker", "-l", "warn"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+def worker_env(bootstrap: str, topics: dict[str, str], data: Path,
+               extra: dict[str, str]) -> dict[str, str]:  # fmt: skip
+    tag = uuid.uuid4().hex[:8]
+    return {**extra, **{k: v for k, v in os.environ.items() if not k.startswith("FEEDBACK_")},
+            "FEEDBACK_BROKER": f"kafka://{bootstrap}", "FEEDBACK_APP_ID": f"bench-{tag}",
+            "FEEDBACK_DATA_DIR": str(data), "FEEDBACK_WEB_PORT": str(kafka.free_port()),
+            "FEEDBACK_PARTITIONS": str(PARTITIONS), "FEEDBACK_TOPIC_SURVEYS": topics["survey"],
+            "FEEDBACK_TOPIC_PURCHASES": topics["purchase"],
+            "FEEDBACK_TOPIC_COMPLAINTS": topics["complaint"],
+            "FEEDBACK_TOPIC_ALERTS": f"alerts-{tag}", "FEEDBACK_TOPIC_DEADLETTER": f"dlq-{tag}"}  # fmt: skip
+
+
+class WorkerProcess:
+    """``python -m app worker`` with a log file; the bench reads its /metrics and /health."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.port = env, int(env["FEEDBACK_WEB_PORT"])
+        self.log = log
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker", "-l", "warn"],
+                                         env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"worker exited {self.proc.returncode}:\n{tail}")
+
+    def metric(self, *names: str) -> float:
+        return metric_sum(self.port, names)
+
+    def health(self) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
+                return dict(json.loads(r.read()))
+        except OSError:
+            return {}
+
+    def rss_mib(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return round(int(status.split("VmRSS:")[1].split()[0]) / 1024)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(60)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def pipeline(envs: list[dict[str, str]], n: int, log: Path) -> dict[str, float]:
+    """Workers of one group (one per env) until they have counted ``n`` events together."""
+    workers = [WorkerProcess(env, log) for env in envs]
     names = ("feedback_events_total", "feedback_dead_letters_total")
     try:
         deadline = time.monotonic() + 900
         t0 = c0 = 0.0
         count = 0.0
         while time.monotonic() < deadline:
-            count = metric_sum(port, names)
+            count = sum(w.metric(*names) for w in workers)
             now = time.perf_counter()
             if count > 0 and not t0:
                 t0, c0 = now, count
             if count >= n:
                 break
-            if proc.poll() is not None:
-                tail = Path(log.name).read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"worker exited {proc.returncode}:\n{tail}")
+            for w in workers:
+                w.check()
             time.sleep(0.1)
         elapsed = time.perf_counter() - t0
         # Time inside the batch handler (our code) versus Faust's machinery around it.
-        handler_s = metric_sum(port, ("feedback_batch_processing_seconds_sum",))
-        rss = int(Path(f"/proc/{proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
+        handler_s = sum(w.metric("feedback_batch_processing_seconds_sum") for w in workers)
+        rss = [w.rss_mib() for w in workers]
     finally:
-        proc.terminate()
-        proc.wait(60)
-    return {"events": count, "measured_events": count - c0, "seconds": round(elapsed, 3),
-            "events_per_s": round((count - c0) / elapsed), "worker_rss_mib": round(rss / 1024),
+        for w in workers:
+            w.kill()  # SIGKILL: the recovery runs start from what a crash leaves
+    return {"workers": len(workers), "events": count, "measured_events": count - c0,
+            "seconds": round(elapsed, 3), "events_per_s": round((count - c0) / elapsed),
+            "worker_rss_mib": max(rss), "worker_rss_mib_each": rss,
             "batch_handler_seconds": round(handler_s, 3)}  # fmt: skip
+
+
+async def changelog_records(bootstrap: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        ends, starts = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
+        return sum(ends[tp] - starts[tp] for tp in parts)
+    finally:
+        await consumer.stop()
+
+
+def recovery(env: dict[str, str], log: Path, records: int) -> dict[str, float]:
+    """Seconds from start until every partition is restored and indexed."""
+    t0 = time.perf_counter()
+    worker = WorkerProcess(env, log)
+    assigned = None
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            health = worker.health()
+            if assigned is None and health.get("assigned_partitions"):
+                # The group waited out the killed member's session before assigning.
+                assigned = time.perf_counter() - t0
+            if health.get("indexed_partitions") == PARTITIONS:
+                break
+            worker.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker did not restore within 900 s")
+            time.sleep(0.05)
+        ready = time.perf_counter() - t0
+        rss = worker.rss_mib()
+    finally:
+        worker.kill()
+    restore = ready - (assigned or 0.0)
+    return {"seconds_to_ready": round(ready, 2), "seconds_to_assignment": round(assigned or 0, 2),
+            "seconds_assignment_to_ready": round(restore, 2), "changelog_records": records,
+            "records_per_s_after_assignment": round(records / restore), "worker_rss_mib": rss}  # fmt: skip
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """A quantile from cumulative (upper bound, count) buckets, interpolated as Prometheus does."""
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = upper, count
+    return lower
+
+
+def histogram(port: int, name: str) -> list[tuple[float, float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out.append((float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(out)
+
+
+def latency(env: dict[str, str], log: Path, bootstrap: str, topics: dict[str, str],
+            skip: int, customers: int, rate: float, seconds: float = 20.0) -> dict[str, Any]:  # fmt: skip
+    """Feed the worker (own state dir, caught up) at ``rate`` and read its latency histograms."""
+    worker = WorkerProcess(env, log)
+    try:
+        deadline = time.monotonic() + 900
+        while worker.health().get("indexed_partitions") != PARTITIONS:
+            worker.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker did not restore within 900 s")
+            time.sleep(0.1)
+        base = {n: histogram(worker.port, n) for n in LATENCY_METRICS}
+        done = worker.metric("feedback_events_total", "feedback_dead_letters_total")
+        n = int(rate * seconds)
+        asyncio.run(produce(bootstrap, topics, n, customers, skip=skip, rate=rate, create=False))
+        while worker.metric("feedback_events_total", "feedback_dead_letters_total") < done + n:
+            worker.check()
+            time.sleep(0.1)
+        out: dict[str, Any] = {"rate_events_per_s": round(rate), "events": n}
+        for name in LATENCY_METRICS:
+            now = dict(histogram(worker.port, name))
+            delta = [(le, now[le] - dict(base[name]).get(le, 0.0)) for le in sorted(now)]
+            out[name] = {"count": int(delta[-1][1]) if delta else 0,
+                         "p50_ms": _ms(quantile(delta, 0.5)), "p99_ms": _ms(quantile(delta, 0.99))}  # fmt: skip
+    finally:
+        worker.kill()
+    return out
+
+
+LATENCY_METRICS = ("feedback_event_latency_seconds", "feedback_alert_latency_seconds")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def main() -> None:
@@ -178,10 +363,19 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--set", action="append", default=[], metavar="FEEDBACK_X=VALUE",
                         help="a worker setting to change, e.g. --set FEEDBACK_BATCH_SIZE=4000")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also run this many workers in one group (aggregate rate)")
+    parser.add_argument("--skip-recovery", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.set)
     if bad := [k for k in extra if not k.startswith("FEEDBACK_")]:
         parser.error(f"--set takes FEEDBACK_ settings only, not {', '.join(bad)}")
+    result: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+        "events": args.events, "customers": args.customers, "partitions": PARTITIONS,
+        "worker_settings": extra,
+    }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="feedback-bench-") as tmp:
         data = Path(tmp)
         info = kafka.up(port=kafka.free_port(), data_dir=data / "kafka", heap="1g")
@@ -190,41 +384,94 @@ def main() -> None:
             topics = {k: f"bench-{k}-{tag}" for k in ("survey", "purchase", "complaint")}
             t = time.perf_counter()
             asyncio.run(produce(info.bootstrap, topics, args.events, args.customers))
-            produce_s = time.perf_counter() - t
-            raw = asyncio.run(floor(info.bootstrap, topics, args.events))
-            full = pipeline(info.bootstrap, topics, args.events, data / "worker", extra)
+            result["produce_seconds"] = round(time.perf_counter() - t, 1)
+            result["floor_raw_consume"] = asyncio.run(
+                read_floor(info.bootstrap, topics, args.events, decode=False))
+            result["floor_decode_validate"] = asyncio.run(
+                read_floor(info.bootstrap, topics, args.events, decode=True))
+            result["floor_aiokafka_decode_validate_fold"] = asyncio.run(
+                floor(info.bootstrap, topics, args.events))
+            env = worker_env(info.bootstrap, topics, data / "worker", extra)
+            log = data / "worker.log"
+            full = result["pipeline_faust_worker"] = pipeline([env], args.events, log)
+            if args.workers > 1:
+                # Two workers of one group on fresh topics' copy: the same records again.
+                group = worker_env(info.bootstrap, topics, data / "group-0", extra)
+                envs = [{**group, "FEEDBACK_DATA_DIR": str(data / f"group-{i}"),
+                         "FEEDBACK_WEB_PORT": str(kafka.free_port())}
+                        for i in range(args.workers)]  # fmt: skip
+                result["pipeline_workers_in_one_group"] = pipeline(envs, args.events, log)
+            if not args.skip_recovery:
+                records = asyncio.run(changelog_records(
+                    info.bootstrap, f"{env['FEEDBACK_APP_ID']}-customer_state_by_customer-changelog"))
+                result["recovery_empty_state_dir"] = recovery(
+                    {**env, "FEEDBACK_DATA_DIR": str(data / "fresh")}, log, records)
+                result["recovery_own_state_dir"] = recovery(env, log, records)
+            if not args.skip_latency:
+                result["latency_at_half_rate"] = latency(
+                    env, log, info.bootstrap, topics, args.events, args.customers,
+                    rate=full["events_per_s"] / 2)
         finally:
             kafka.down(data / "kafka")
-    result = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "events": args.events, "customers": args.customers, "partitions": PARTITIONS,
-        "worker_settings": extra,
-        "produce_seconds": round(produce_s, 1),
-        "floor_aiokafka_decode_validate_fold": raw,
-        "pipeline_faust_worker": full,
-        "ratio_pipeline_to_floor": round(full["events_per_s"] / raw["events_per_s"], 3),
-    }  # fmt: skip
+    full = result["pipeline_faust_worker"]
+    dv = result["floor_decode_validate"]
+    result["ratio_pipeline_to_decode_floor"] = round(full["events_per_s"] / dv["events_per_s"], 3)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"throughput-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
-    m = result["machine"]
+    md = report(result, args)
+    (RESULTS / f"throughput-{stamp}.md").write_text(md)
+    print(md)
+
+
+def report(result: dict[str, Any], args: argparse.Namespace) -> str:
+    m, full = result["machine"], result["pipeline_faust_worker"]
+    rows = [("floor: aiokafka consume, raw records", result["floor_raw_consume"]),
+            ("floor: + decode + validate", result["floor_decode_validate"]),
+            ("floor: + fold + re-score (state in a dict)",
+             result["floor_aiokafka_decode_validate_fold"]),
+            ("pipeline: feedback worker (Faust, RocksDB, changelogs, alerts)", full)]  # fmt: skip
+    if "pipeline_workers_in_one_group" in result:
+        group = result["pipeline_workers_in_one_group"]
+        rows.append((f"pipeline: {group['workers']} workers in one group, together", group))
     md = (
         f"# Throughput {result['when']}\n\n"
         f"Machine: {m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
-        f"Python {m['python']}, Kafka {m['kafka']} (local single node, KRaft).\n\n"
-        f"{args.events} simulated events, {args.customers} customers, {PARTITIONS} partitions"
-        f"{'; worker settings ' + str(extra) if extra else ''}.\n\n"
-        "| path | events/s | seconds |\n|---|---|---|\n"
-        f"| floor: aiokafka + decode + validate + fold | {raw['events_per_s']} | {raw['seconds']} |\n"
-        f"| pipeline: feedback worker (Faust, RocksDB, changelog) | {full['events_per_s']} | "
-        f"{full['seconds']} |\n\n"
-        f"Ratio pipeline/floor: {result['ratio_pipeline_to_floor']}. "
-        f"Worker RSS at the end: {full['worker_rss_mib']} MiB. Time in the batch handler "
-        f"(decode, fold, alerts, state writes): {full['batch_handler_seconds']} s.\n"
-    )
-    (RESULTS / f"throughput-{stamp}.md").write_text(md)
-    print(md)
+        f"Python {m['python']}, Kafka {m['kafka']} (local single node, KRaft, same machine).\n\n"
+        f"Command: `python -m bench.throughput --events {args.events} --customers "
+        f"{args.customers}`{' --workers ' + str(args.workers) if args.workers > 1 else ''}"
+        f"{' ' + ' '.join('--set ' + s for s in args.set) if args.set else ''}"
+        f"\n\n{args.events} simulated events, {args.customers} customers, {PARTITIONS} "
+        "partitions.\n\n| path | events/s | seconds |\n|---|---|---|\n"
+        + "".join(f"| {name} | {r['events_per_s']} | {r['seconds']} |\n" for name, r in rows)
+        + f"\nPipeline / decode+validate floor: {result['ratio_pipeline_to_decode_floor']}. "
+        f"Worker RSS at the end: {full['worker_rss_mib']} MiB. Time in the batch handler: "
+        f"{full['batch_handler_seconds']} s of {full['seconds']} s.\n"
+    )  # fmt: skip
+    if "recovery_empty_state_dir" in result:
+        md += ("\n| recovery after SIGKILL | to assignment s | assignment to ready s | "
+               "changelog records | records/s after assignment | RSS MiB |\n"
+               "|---|---|---|---|---|---|\n")
+        for name in ("recovery_empty_state_dir", "recovery_own_state_dir"):
+            r = result[name]
+            md += (f"| {name.removeprefix('recovery_').replace('_', ' ')} | "
+                   f"{r['seconds_to_assignment']} | {r['seconds_assignment_to_ready']} | "
+                   f"{r['changelog_records']} | {r['records_per_s_after_assignment']} | "
+                   f"{r['worker_rss_mib']} |\n")  # fmt: skip
+        md += ("\nTo assignment: the group waits out the killed member's session "
+               "(`FEEDBACK_SESSION_TIMEOUT`). Ready = every partition restored and indexed "
+               "(/health `indexed_partitions`); indexing runs on a 2 s timer after recovery, "
+               "so this includes up to 2 s of it.\n")
+    if "latency_at_half_rate" in result:
+        lat = result["latency_at_half_rate"]
+        md += (f"\nLatency at {lat['rate_events_per_s']} events/s (half the pipeline rate), "
+               f"{lat['events']} events, from the worker's histograms:\n\n"
+               "| path | count | p50 ms | p99 ms |\n|---|---|---|---|\n")
+        for name, label in (("feedback_event_latency_seconds", "produce -> state written"),
+                            ("feedback_alert_latency_seconds", "produce -> alert delivered")):
+            h = lat[name]
+            md += f"| {label} | {h['count']} | {h['p50_ms']} | {h['p99_ms']} |\n"
+    return md
 
 
 if __name__ == "__main__":
