@@ -9,9 +9,11 @@ Starts its own fresh broker, produces N simulated events, then measures:
 - recovery: a worker SIGKILLed and started on an empty state dir (the whole changelog is
   read back) and on its own state dir (only the tail): seconds until every partition is
   restored and indexed (/health), and changelog records per second;
-- latency: the worker fed at half the pipeline's rate for 20 s: p50/p99 from produce to
+- latency: the caught-up pipeline worker fed live events at a share of its rate
+  (--latency-share, default 0.5; 10 s warm-up, 20 s measured): p50/p99 from produce to
   state written (visible over HTTP) and from produce to alert delivered, from the worker's
-  own histograms.
+  own histograms;
+- scale out (--workers N): N workers in one group on a copy of the run, aggregate rate.
 Writes bench/results/throughput-<timestamp>.json and .md with the machine described.
 """
 
@@ -28,6 +30,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,8 +67,14 @@ def machine() -> dict[str, Any]:
 
 
 async def produce(bootstrap: str, topics: dict[str, str], n: int, customers: int,
-                  skip: int = 0, rate: float | None = None, create: bool = True) -> None:  # fmt: skip
-    """The simulation's events ``skip`` to ``skip + n``, as fast as possible or at ``rate``/s."""
+                  skip: int = 0, rate: float | None = None, create: bool = True,
+                  live: bool = False) -> None:  # fmt: skip
+    """The simulation's events ``skip`` to ``skip + n``, as fast as possible or at ``rate``/s.
+
+    ``live``: each event happens as it is produced (occurred_at = now), as in production;
+    replayed history instead moves stream time days per second and makes every customer
+    due for a re-score many times over.
+    """
     if create:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
@@ -86,7 +95,15 @@ async def produce(bootstrap: str, topics: dict[str, str], n: int, customers: int
             due = began + (i - skip) / rate
             if due > time.monotonic():
                 await asyncio.sleep(due - time.monotonic())
-        pending.append(await producer.send(topics[ev.kind], ev.value, key=ev.key))
+        raw = ev.value
+        if live:
+            try:
+                body = json.loads(raw)
+                body["occurred_at"] = datetime.now(UTC).isoformat()
+                raw = json.dumps(body).encode()
+            except (ValueError, TypeError):
+                pass  # the simulation's malformed share stays malformed
+        pending.append(await producer.send(topics[ev.kind], raw, key=ev.key))
         if len(pending) >= 5000:
             await asyncio.gather(*pending)
             pending.clear()
@@ -225,8 +242,14 @@ class WorkerProcess:
         self.proc.wait(60)
 
 
-def pipeline(envs: list[dict[str, str]], n: int, log: Path) -> dict[str, float]:
-    """Workers of one group (one per env) until they have counted ``n`` events together."""
+def pipeline(
+    envs: list[dict[str, str]], n: int, log: Path,
+    then: Callable[[WorkerProcess, float], dict[str, Any]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Workers of one group (one per env) until they have counted ``n`` events together.
+
+    ``then(worker, rate)`` runs on the (first) worker once it is caught up, before the kill.
+    """
     workers = [WorkerProcess(env, log) for env in envs]
     names = ("feedback_events_total", "feedback_dead_letters_total")
     try:
@@ -247,13 +270,15 @@ def pipeline(envs: list[dict[str, str]], n: int, log: Path) -> dict[str, float]:
         # Time inside the batch handler (our code) versus Faust's machinery around it.
         handler_s = sum(w.metric("feedback_batch_processing_seconds_sum") for w in workers)
         rss = [w.rss_mib() for w in workers]
+        rate = (count - c0) / elapsed
+        after = then(workers[0], rate) if then is not None else None
     finally:
         for w in workers:
             w.kill()  # SIGKILL: the recovery runs start from what a crash leaves
     return {"workers": len(workers), "events": count, "measured_events": count - c0,
             "seconds": round(elapsed, 3), "events_per_s": round((count - c0) / elapsed),
             "worker_rss_mib": max(rss), "worker_rss_mib_each": rss,
-            "batch_handler_seconds": round(handler_s, 3)}  # fmt: skip
+            "batch_handler_seconds": round(handler_s, 3), "then": after}  # fmt: skip
 
 
 async def changelog_records(bootstrap: str, topic: str) -> int:
@@ -321,32 +346,34 @@ def histogram(port: int, name: str) -> list[tuple[float, float]]:
     return sorted(out)
 
 
-def latency(env: dict[str, str], log: Path, bootstrap: str, topics: dict[str, str],
-            skip: int, customers: int, rate: float, seconds: float = 20.0) -> dict[str, Any]:  # fmt: skip
-    """Feed the worker (own state dir, caught up) at ``rate`` and read its latency histograms."""
-    worker = WorkerProcess(env, log)
-    try:
-        deadline = time.monotonic() + 900
-        while worker.health().get("indexed_partitions") != PARTITIONS:
-            worker.check()
-            if time.monotonic() > deadline:
-                raise RuntimeError("the worker did not restore within 900 s")
-            time.sleep(0.1)
-        base = {n: histogram(worker.port, n) for n in LATENCY_METRICS}
-        done = worker.metric("feedback_events_total", "feedback_dead_letters_total")
-        n = int(rate * seconds)
-        asyncio.run(produce(bootstrap, topics, n, customers, skip=skip, rate=rate, create=False))
-        while worker.metric("feedback_events_total", "feedback_dead_letters_total") < done + n:
-            worker.check()
-            time.sleep(0.1)
-        out: dict[str, Any] = {"rate_events_per_s": round(rate), "events": n}
-        for name in LATENCY_METRICS:
-            now = dict(histogram(worker.port, name))
-            delta = [(le, now[le] - dict(base[name]).get(le, 0.0)) for le in sorted(now)]
-            out[name] = {"count": int(delta[-1][1]) if delta else 0,
-                         "p50_ms": _ms(quantile(delta, 0.5)), "p99_ms": _ms(quantile(delta, 0.99))}  # fmt: skip
-    finally:
-        worker.kill()
+def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip: int,
+            customers: int, rate: float, seconds: float = 20.0) -> dict[str, Any]:  # fmt: skip
+    """Feed a caught-up worker live events at ``rate``: 10 s of warm-up, then ``seconds``
+    measured from the worker's latency histograms.
+
+    The warm-up absorbs the one-off re-scoring when stream time jumps from the replayed
+    history to now.
+    """
+    warm = int(rate * 10)
+    asyncio.run(produce(bootstrap, topics, warm, customers, skip=skip, rate=rate, create=False,
+                        live=True))  # fmt: skip
+    base = {n: histogram(worker.port, n) for n in LATENCY_METRICS}
+    done = worker.metric("feedback_events_total", "feedback_dead_letters_total")
+    n = int(rate * seconds)
+    asyncio.run(produce(bootstrap, topics, n, customers, skip=skip + warm, rate=rate,
+                        create=False, live=True))  # fmt: skip
+    deadline = time.monotonic() + 600
+    while worker.metric("feedback_events_total", "feedback_dead_letters_total") < done + n:
+        worker.check()
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker did not count the paced events within 600 s")
+        time.sleep(0.1)
+    out: dict[str, Any] = {"rate_events_per_s": round(rate), "events": n}
+    for name in LATENCY_METRICS:
+        now = dict(histogram(worker.port, name))
+        delta = [(le, now[le] - dict(base[name]).get(le, 0.0)) for le in sorted(now)]
+        out[name] = {"count": int(delta[-1][1]) if delta else 0,
+                     "p50_ms": _ms(quantile(delta, 0.5)), "p99_ms": _ms(quantile(delta, 0.99))}  # fmt: skip
     return out
 
 
@@ -367,6 +394,8 @@ def main() -> None:
                         help="also run this many workers in one group (aggregate rate)")
     parser.add_argument("--skip-recovery", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--latency-share", type=float, default=0.5,
+                        help="the latency run's rate as a share of the pipeline's (default 0.5)")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.set)
     if bad := [k for k in extra if not k.startswith("FEEDBACK_")]:
@@ -393,7 +422,15 @@ def main() -> None:
                 floor(info.bootstrap, topics, args.events))
             env = worker_env(info.bootstrap, topics, data / "worker", extra)
             log = data / "worker.log"
-            full = result["pipeline_faust_worker"] = pipeline([env], args.events, log)
+
+            def paced(worker: WorkerProcess, rate: float) -> dict[str, Any]:
+                return latency(worker, info.bootstrap, topics, args.events, args.customers,
+                               rate=rate * args.latency_share)  # fmt: skip
+
+            full = result["pipeline_faust_worker"] = pipeline(
+                [env], args.events, log, None if args.skip_latency else paced)
+            if full["then"] is not None:
+                result["latency"] = full["then"]
             if args.workers > 1:
                 # Two workers of one group on fresh topics' copy: the same records again.
                 group = worker_env(info.bootstrap, topics, data / "group-0", extra)
@@ -407,10 +444,6 @@ def main() -> None:
                 result["recovery_empty_state_dir"] = recovery(
                     {**env, "FEEDBACK_DATA_DIR": str(data / "fresh")}, log, records)
                 result["recovery_own_state_dir"] = recovery(env, log, records)
-            if not args.skip_latency:
-                result["latency_at_half_rate"] = latency(
-                    env, log, info.bootstrap, topics, args.events, args.customers,
-                    rate=full["events_per_s"] / 2)
         finally:
             kafka.down(data / "kafka")
     full = result["pipeline_faust_worker"]
@@ -462,9 +495,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
                "(`FEEDBACK_SESSION_TIMEOUT`). Ready = every partition restored and indexed "
                "(/health `indexed_partitions`); indexing runs on a 2 s timer after recovery, "
                "so this includes up to 2 s of it.\n")
-    if "latency_at_half_rate" in result:
-        lat = result["latency_at_half_rate"]
-        md += (f"\nLatency at {lat['rate_events_per_s']} events/s (half the pipeline rate), "
+    if "latency" in result:
+        lat = result["latency"]
+        md += (f"\nLatency at {lat['rate_events_per_s']} events/s ({args.latency_share:g} of the "
+               "pipeline rate, fed "
+               "live events to the caught-up pipeline worker: 10 s warm-up, 20 s measured), "
                f"{lat['events']} events, from the worker's histograms:\n\n"
                "| path | count | p50 ms | p99 ms |\n|---|---|---|---|\n")
         for name, label in (("feedback_event_latency_seconds", "produce -> state written"),
