@@ -472,8 +472,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"Machine: {m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
         f"Python {m['python']}, Kafka {m['kafka']} (local single node, KRaft, same machine).\n\n"
         f"Command: `python -m bench.throughput --events {args.events} --customers "
-        f"{args.customers}`{' --workers ' + str(args.workers) if args.workers > 1 else ''}"
-        f"{' ' + ' '.join('--set ' + s for s in args.set) if args.set else ''}"
+        f"{args.customers}{' --workers ' + str(args.workers) if args.workers > 1 else ''}"
+        f"{' --latency-share ' + format(args.latency_share, 'g') if args.latency_share != 0.5 else ''}"
+        f"{''.join(' --set ' + s for s in args.set)}`"
         f"\n\n{args.events} simulated events, {args.customers} customers, {PARTITIONS} "
         "partitions.\n\n| path | events/s | seconds |\n|---|---|---|\n"
         + "".join(f"| {name} | {r['events_per_s']} | {r['seconds']} |\n" for name, r in rows)
