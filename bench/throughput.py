@@ -269,6 +269,9 @@ def pipeline(
         elapsed = time.perf_counter() - t0
         # Time inside the batch handler (our code) versus Faust's machinery around it.
         handler_s = sum(w.metric("feedback_batch_processing_seconds_sum") for w in workers)
+        # Work beside the events: customers re-scored as stream time moved, alerts sent.
+        swept = sum(w.metric("feedback_sweep_rescored_total") for w in workers)
+        alerts = sum(w.metric("feedback_alerts_total") for w in workers)
         rss = [w.rss_mib() for w in workers]
         rate = (count - c0) / elapsed
         after = then(workers[0], rate) if then is not None else None
@@ -278,7 +281,8 @@ def pipeline(
     return {"workers": len(workers), "events": count, "measured_events": count - c0,
             "seconds": round(elapsed, 3), "events_per_s": round((count - c0) / elapsed),
             "worker_rss_mib": max(rss), "worker_rss_mib_each": rss,
-            "batch_handler_seconds": round(handler_s, 3), "then": after}  # fmt: skip
+            "batch_handler_seconds": round(handler_s, 3), "swept_customers": swept,
+            "alerts": alerts, "then": after}  # fmt: skip
 
 
 async def changelog_records(bootstrap: str, topic: str) -> int:
@@ -480,7 +484,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         + "".join(f"| {name} | {r['events_per_s']} | {r['seconds']} |\n" for name, r in rows)
         + f"\nPipeline / decode+validate floor: {result['ratio_pipeline_to_decode_floor']}. "
         f"Worker RSS at the end: {full['worker_rss_mib']} MiB. Time in the batch handler: "
-        f"{full['batch_handler_seconds']} s of {full['seconds']} s.\n"
+        f"{full['batch_handler_seconds']} s of {full['seconds']} s. Besides the events it "
+        f"re-scored {int(full['swept_customers'])} customers as stream time moved (the sweep) "
+        f"and sent {int(full['alerts'])} alerts.\n"
     )  # fmt: skip
     if "recovery_empty_state_dir" in result:
         md += ("\n| recovery after SIGKILL | to assignment s | assignment to ready s | "
