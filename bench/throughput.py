@@ -192,6 +192,17 @@ def metric_sum(port: int, names: tuple[str, ...]) -> float:
                if line.startswith(names))  # fmt: skip
 
 
+def alerts_by_rule(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("feedback_alerts_total{"):
+            rule = line.split('rule="', 1)[1].split('"', 1)[0]
+            out[rule] = out.get(rule, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
 def worker_env(bootstrap: str, topics: dict[str, str], data: Path,
                extra: dict[str, str]) -> dict[str, str]:  # fmt: skip
     tag = uuid.uuid4().hex[:8]
@@ -272,6 +283,7 @@ def pipeline(
         # Work beside the events: customers re-scored as stream time moved, alerts sent.
         swept = sum(w.metric("feedback_sweep_rescored_total") for w in workers)
         alerts = sum(w.metric("feedback_alerts_total") for w in workers)
+        by_rule = alerts_by_rule(workers[0].port)
         rss = [w.rss_mib() for w in workers]
         rate = (count - c0) / elapsed
         after = then(workers[0], rate) if then is not None else None
@@ -282,7 +294,7 @@ def pipeline(
             "seconds": round(elapsed, 3), "events_per_s": round((count - c0) / elapsed),
             "worker_rss_mib": max(rss), "worker_rss_mib_each": rss,
             "batch_handler_seconds": round(handler_s, 3), "swept_customers": swept,
-            "alerts": alerts, "then": after}  # fmt: skip
+            "alerts": alerts, "alerts_by_rule_first_worker": by_rule, "then": after}  # fmt: skip
 
 
 async def changelog_records(bootstrap: str, topic: str) -> int:
@@ -486,7 +498,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"Worker RSS at the end: {full['worker_rss_mib']} MiB. Time in the batch handler: "
         f"{full['batch_handler_seconds']} s of {full['seconds']} s. Besides the events it "
         f"re-scored {int(full['swept_customers'])} customers as stream time moved (the sweep) "
-        f"and sent {int(full['alerts'])} alerts.\n"
+        f"and sent {int(full['alerts'])} alerts ({full['alerts_by_rule_first_worker']}).\n"
     )  # fmt: skip
     if "recovery_empty_state_dir" in result:
         md += ("\n| recovery after SIGKILL | to assignment s | assignment to ready s | "

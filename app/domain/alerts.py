@@ -217,10 +217,10 @@ def evaluate_time(state: CustomerState, policy: Policy, stream_now: datetime,
     silent_on = "silent" in policy.rules
     if silent_on and state.lapsed_at is not None and state.last_purchase_at is not None:
         trigger = state.last_purchase_event_id or f"purchase@{state.last_purchase_at.isoformat()}"
-        if state.silent_alerted != trigger:
+        if state.silent_alerted != trigger and state.silent_lapse_at != state.lapsed_at:
             high, tier, revenue = _high_value(state, stream_now, policy)
             if high:
-                state.silent_alerted = trigger
+                state.silent_alerted, state.silent_lapse_at = trigger, state.lapsed_at
                 out.append(_alert(state, trigger, state.score, state.lapsed_at, None, None,
                                   revenue, tier, policy, now, "silent", SILENT_RULE_VERSION,
                                   stream_now, sla_due=stream_now + SLA))  # fmt: skip

@@ -12,7 +12,7 @@ worker's agent reads like the design: fold the batch, deliver, flush.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
@@ -78,6 +78,13 @@ class BatchView(Protocol):
 
     def stream_time(self, partition: int) -> datetime | None: ...
 
+    def watermark(
+        self, partition: int, latest: Mapping[tuple[str, int], datetime]
+    ) -> datetime | None:
+        """The partition's stream time once the batch's newest event times per input topic
+        (``latest``) are known: see ``watermark`` below."""
+        ...
+
     def well_placed(self, record: Record, key: bytes) -> bool:
         """The record's key and partition are the ones its customer_id implies."""
         ...
@@ -105,6 +112,8 @@ class BatchResult:
     # trailing revenue as of each changed customer's last event, per partition
     revenues: dict[int, dict[bytes, float]] = field(default_factory=dict)
     clock: dict[int, datetime] = field(default_factory=dict)  # stream time per partition
+    # the newest event time per (input topic, partition) in this batch
+    topic_clock: dict[tuple[str, int], datetime] = field(default_factory=dict)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     won_back: int = 0
     lapses: int = 0
@@ -187,7 +196,10 @@ def fold_batch(
             for group in groups_of(state):
                 out.recovered[group] += state.recovered - recovered
         last_event[key] = event
-        _advance(out.clock, view, rec.partition, event.occurred_at, now)
+        at = min(event.occurred_at, now + FUTURE_TOLERANCE)
+        tp = (rec.topic, rec.partition)
+        if tp not in out.topic_clock or at > out.topic_clock[tp]:
+            out.topic_clock[tp] = at
         out.outcomes[(event.event_type, outcome.value)] += 1
         if isinstance(event, SurveyResponse) and outcome is not Outcome.DUPLICATE:
             day = event.occurred_at.astimezone(UTC).date()
@@ -201,6 +213,10 @@ def fold_batch(
         out.latencies.append((rec.timestamp, event.occurred_at.timestamp()))
         for alert in evaluate(before, state, event, policy, now):
             out.alerts.append((alert, rec.timestamp))
+    for part in {p for _, p in out.topic_clock}:
+        mark = view.watermark(part, out.topic_clock)
+        if mark is not None:
+            out.clock[part] = mark
     pending = [k for k, st in work.items() if k in last_event and alert_pending(st)]
     if pending and out.revenues:
         # Those alerts may hinge on the Pareto boundary: include this batch's revenue.
@@ -211,10 +227,10 @@ def fold_batch(
                 out.alerts.append((alert, produced[key]))
     # The sweep: customers whose risk can have changed because stream time moved on.
     for part in sorted({rec.partition for rec in records}):
-        at = out.clock.get(part) or view.stream_time(part)
-        if at is None:
+        stream_at = out.clock.get(part) or view.stream_time(part)
+        if stream_at is None:
             continue
-        for key in view.due(part, at, limits.sweep_limit):
+        for key in view.due(part, stream_at, limits.sweep_limit):
             if key in work or key in out.erased:
                 continue
             state = view.customer(key, part)
@@ -224,7 +240,10 @@ def fold_batch(
     # Every touched customer as of now, and the alerts that time raises.
     for key, state in work.items():
         part = part_of[key]
-        stream_now = out.clock.get(part) or view.stream_time(part) or state.last_event_at or now
+        # Stream time unknown (a lagging topic has shown nothing yet): as of the customer's
+        # last purchase rather than its newest event, which may be read ahead of them.
+        stream_now = (out.clock.get(part) or view.stream_time(part) or state.last_purchase_at
+                      or state.last_event_at or now)  # fmt: skip
         was_lapsed = state.lapsed_at is not None
         refresh(state, policy, stream_now)
         if state.lapsed_at is not None and not was_lapsed:
@@ -235,13 +254,30 @@ def fold_batch(
     return out
 
 
-def _advance(
-    clock: dict[int, datetime], view: BatchView, partition: int, at: datetime, now: datetime
-) -> None:
-    at = min(at, now + FUTURE_TOLERANCE)
-    current = clock.get(partition) or view.stream_time(partition)
-    if current is None or at > current:
-        clock[partition] = at
+def watermark(
+    current: datetime | None, latest: Mapping[str, datetime], behind: Collection[str]
+) -> datetime | None:
+    """Stream time of a partition: how far event time has got on all its input topics.
+
+    The topics (surveys, purchases, complaints) are fetched independently, so one of
+    them can be read far ahead of another: in a backfill the small complaints topic
+    is read to its end while purchases are months behind. Taking the newest event
+    time over all topics would then re-score every customer as of months later than
+    its own events, lapse it and alert on it. So stream time is the oldest of the
+    newest event times of the topics that still have records to read (``behind``);
+    a topic read to its end does not hold it back. It never goes backwards, and it
+    does not move while a topic that is behind has not delivered anything yet.
+
+    ``latest``: topic -> newest event time seen on this partition of it.
+    """
+    lagging = [t for t in behind if t in latest]
+    if len(lagging) < len(behind):
+        return current  # a topic with records to read has shown no event time yet
+    times = [latest[t] for t in lagging] if lagging else list(latest.values())
+    if not times:
+        return current
+    candidate = min(times) if lagging else max(times)
+    return candidate if current is None or candidate > current else current
 
 
 def _erased_before(

@@ -152,6 +152,9 @@ class CustomerState(BaseModel):
     lapses: list[Lapse] = Field(default_factory=list)
     won_back: int = 0
     silent_alerted: str | None = None
+    # the lapse the silent alert was sent for: one alert per lapse, however many late
+    # purchases from before it arrive afterwards
+    silent_lapse_at: datetime | None = None
     reply_overdue_alerted: list[str] = Field(default_factory=list)
     cases: list[Case] = Field(default_factory=list)
     recovered: int = 0
@@ -278,14 +281,18 @@ _HANDLERS: dict[type, Callable[[CustomerState, Any, Decimal | None], Outcome]] =
 def refresh(state: CustomerState, policy: Policy, now: datetime | None = None) -> None:
     """Recompute every derived figure; churn, reply breaches and lapse as of ``now``.
 
-    ``now`` is stream time (the newest event time seen on the customer's
-    partition); figures that only depend on the customer's own events are as
-    of its newest event. Without ``now``, everything is as of the newest event.
+    ``now`` is stream time (how far every input topic of the customer's partition
+    has been read: domain.batch.watermark), possibly before the customer's own newest
+    event; figures that only depend on the customer's own events are as of its newest
+    event. Without ``now``, everything is as of the newest event.
     """
     as_of = state.last_event_at
     if as_of is None:
         return
-    now = as_of if now is None or now < as_of else now
+    # Churn is scored as of ``now`` even when the customer's own newest event is later:
+    # stream time is how far every input topic has been read, and a customer's complaint
+    # read ahead of its purchases must not make it look as if it stopped buying.
+    now = as_of if now is None else now
     if state.score_at is not None:
         since = state.score_at - NPS_WINDOW
         counts = nps.NpsCounts()

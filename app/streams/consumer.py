@@ -64,6 +64,10 @@ class SafeOffsetConsumer(driver.Consumer):
         super()._reset_state()
         self._log_start: dict[TP, int] = {}
 
+    def committed_offset(self, tp: TP) -> int | None:
+        """The group's committed offset of a partition (the next record to read), if any."""
+        return self._committed_offset.get(tp)
+
     def _is_input(self, tp: TP) -> bool:
         return not self._is_changelog_tp(tp) and bool(self.app.topics.acks_enabled_for(tp.topic))
 

@@ -13,15 +13,16 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from app.analysis.fit import fit_mbgnbd
 from app.domain import segments, value
-from app.domain.batch import BatchResult, Limits, Record, fold_batch
+from app.domain.batch import BatchResult, Limits, Record, fold_batch, watermark
 from app.domain.churn import ChurnModel
 from app.domain.churn_kpi import Period
 from app.domain.customer import CustomerState, Policy, iso, next_check, public_view, refresh
@@ -116,6 +117,10 @@ class BatchProcessor:
         self.kpis = ChurnKpis(settings, metrics, self.readmodel, summaries)
         self._seeded: set[int] = set()
         self._generation = -1  # the consumer group generation the mirrors were seeded in
+        # newest event time per (event topic, partition): stream time's inputs
+        self._topic_clock: dict[tuple[str, int], datetime] = {}
+        self._event_topics = (settings.topic_surveys, settings.topic_purchases,
+                              settings.topic_complaints)  # fmt: skip
 
     def _load(self, key: bytes) -> CustomerState | None:
         return self.states.get(key)
@@ -202,6 +207,36 @@ class BatchProcessor:
                            (m.erasures, result.erasures), (m.swept, result.swept)):  # fmt: skip
             if n:
                 counter.inc(n)
+
+    def watermark(
+        self, partition: int, latest: Mapping[tuple[str, int], datetime]
+    ) -> datetime | None:
+        """Stream time of a partition after a batch (domain.batch.watermark)."""
+        clock = self._topic_clock
+        for tp, at in latest.items():
+            if tp[1] == partition and (tp not in clock or at > clock[tp]):
+                clock[tp] = at
+        times = {t: clock[(t, partition)] for t in self._event_topics if (t, partition) in clock}
+        behind = {t for t in self._event_topics if self._behind(t, partition)}
+        return watermark(self.readmodel.stream_time(partition), times, behind)
+
+    def _behind(self, topic: str, partition: int) -> bool:
+        """The topic's partition has records this worker has not read yet.
+
+        Its end is known from the fetch responses; where this worker is in it, from
+        the records it processed or else the group's committed offset. An end not known
+        yet (no fetch response for it so far) counts as behind: at the start of a backfill
+        one topic's first records can arrive before another topic was fetched at all.
+        """
+        tp = TP(topic, partition)
+        consumer: Any = self.app.consumer  # app.streams.consumer.SafeOffsetConsumer
+        end = consumer.highwater(tp)
+        if end is None or end < 0:
+            return True
+        done = self._positions.get((topic, partition))
+        if done is None:
+            done = consumer.committed_offset(tp) or 0
+        return bool(end > done)
 
     def _partitions(self, topic: str) -> int:
         n = self._partition_counts.get(topic)
@@ -518,6 +553,11 @@ class _View:
 
     def stream_time(self, partition: int) -> datetime | None:
         return self.proc.readmodel.stream_time(partition)
+
+    def watermark(
+        self, partition: int, latest: Mapping[tuple[str, int], datetime]
+    ) -> datetime | None:
+        return self.proc.watermark(partition, latest)
 
     def well_placed(self, record: Record, key: bytes) -> bool:
         return self.proc._well_placed(record, key)  # noqa: SLF001 - same module

@@ -147,8 +147,12 @@ class ReadModel:
         """
         d: dict[str, Any] = json.loads(raw)
         last = _dt(d.get("last_event_at"))
-        if last is not None:
-            self.advance(partition, last, wall)
+        # Stream time comes back as the newest time a customer was scored at: that was
+        # stream time then (domain.batch.watermark), where a customer's own newest event
+        # may have been read ahead of another topic. (States from before churn_as_of: last.)
+        scored_at = _dt(d.get("churn_as_of")) or last
+        if scored_at is not None:
+            self.advance(partition, scored_at, wall)
         seg = d.get("segment") or {}
         revenue = float(d.get("trailing_revenue", 0) or 0)
         lapses = tuple((_ts(_dt(x["at"])), float(x["revenue"]),

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from app.domain.batch import Record, fold_batch
+from datetime import datetime
+
+import pytest
+
+from app.domain.batch import Record, fold_batch, watermark
 from app.domain.events import ErasureRequest, encode
 from app.streams import store
-from tests.unit.domain.factory import at, purchase, survey
+from app.streams.tables import key_partition
+from tests.unit.domain.factory import at, complaint, purchase, survey
 from tests.unit.streams.batchkit import (
     ERASURE,
     LIMITS,
     NOW,
+    PARTITIONS,
+    PURCHASES,
     SURVEYS,
     Table,
     View,
@@ -127,3 +134,43 @@ def test_stream_time_follows_event_time_capped_at_the_clock() -> None:
                         LIMITS, NOW)  # fmt: skip
     (part, clock), = result.clock.items()
     assert clock == at(days=1) and part == result.states[b"c1"][0]
+
+
+@pytest.mark.parametrize(
+    ("current", "latest", "behind", "want"),
+    [
+        (None, {"p": 5, "c": 90}, (), 90),  # all read to their end: the newest
+        (None, {"p": 5, "c": 90}, ("p",), 5),  # purchases lag: as far as purchases got
+        (None, {"p": 5, "c": 90, "s": 7}, ("p", "s"), 5),  # the oldest of the lagging
+        (None, {"c": 90}, ("p",), None),  # purchases lag and have shown nothing yet
+        (30, {"p": 5, "c": 90}, ("p",), 30),  # never backwards
+        (30, {}, (), 30),
+    ],
+)
+def test_watermark(current: int | None, latest: dict[str, int], behind: tuple[str, ...],
+                   want: int | None) -> None:  # fmt: skip
+    def day(n: int | None) -> datetime | None:
+        return None if n is None else at(days=n)
+
+    times = {t: at(days=n) for t, n in latest.items()}
+    assert watermark(day(current), times, behind) == day(want)
+
+
+def test_a_topic_read_ahead_does_not_age_customers_whose_topic_lags() -> None:
+    """A backfill: complaints are read to May while purchases are still in January."""
+    buys = [purchase(900, day=d, customer_id="c1") for d in range(0, 30, 5)]
+    # Another customer of the same partition complains in May.
+    home = key_partition(b"c1", PARTITIONS)
+    other = next(c for c in (f"c{i}" for i in range(2, 99)) if key_partition(c.encode(), PARTITIONS) == home)
+    (rec,) = records([complaint("k1", "opened", day=120, customer_id=other)])
+    ahead = Record("complaints", rec.partition, 0, rec.key, rec.value, rec.timestamp)
+    lagging = view()
+    lagging.behind = frozenset({PURCHASES})
+    result = fold_batch([ahead, *records(buys)], lagging, policy(), LIMITS, NOW)
+    state = result.states[b"c1"][1]
+    assert result.clock[rec.partition] == at(days=25)
+    assert state.lapsed_at is None and state.p_alive is not None and state.p_alive > 0.5
+    # Read to their ends, the same records put stream time in May: the customer is gone.
+    caught_up = fold_batch([ahead, *records(buys)], view(), policy(), LIMITS, NOW)
+    assert caught_up.clock[rec.partition] == at(days=120)
+    assert caught_up.states[b"c1"][1].lapsed_at is not None

@@ -8,6 +8,7 @@ and can fail at a chosen one.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -147,6 +148,7 @@ class View:
     pol: Policy
     clock: dict[int, datetime] = field(default_factory=dict)
     repolicies: int = 0
+    behind: frozenset[str] = frozenset()  # topics with records still to read
 
     def customer(self, key: bytes, partition: int) -> CustomerState | None:
         return store.load_state(self.customers.data.get(key))
@@ -161,6 +163,16 @@ class View:
 
     def stream_time(self, partition: int) -> datetime | None:
         return self.clock.get(partition)
+
+    def watermark(self, partition: int, latest: Mapping[tuple[str, int], datetime]) -> datetime | None:
+        """Stream time from the batch's newest event times, ``behind`` naming lagging topics."""
+        from app.domain.batch import watermark
+
+        times = {t: at for (t, p), at in latest.items() if p == partition}
+        at = watermark(self.clock.get(partition), times, self.behind)
+        if at is not None:
+            self.clock[partition] = at
+        return at
 
     def well_placed(self, record: Record, key: bytes) -> bool:
         return record.key == key and key_partition(key, PARTITIONS) == record.partition
