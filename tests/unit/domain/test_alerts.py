@@ -197,6 +197,19 @@ def test_silent_high_value_customer_alerts_once_per_lapse_and_rearms_when_won_ba
     assert [a.trigger_event_id for a in again] == ["p421"], "a new silence is a new episode"
 
 
+def test_late_purchases_from_before_a_lapse_raise_no_second_silent_alert() -> None:
+    """Purchases read after the lapse was seen, though they happened before it (a lagging
+    topic): each moves the trigger, but the lapse is the same episode."""
+    events: list[AnyEvent] = [purchase(2000, day=d, event_id=f"p{d}") for d in range(0, 100, 10)]
+    state, alerts = timed(events, at(400))
+    assert [a.trigger_event_id for a in alerts] == ["p90"] and state.lapsed_at == at(400)
+    for day in (120, 150):
+        state, _ = apply(state, purchase(2000, day=day, event_id=f"p{day}"), TIMED)
+        refresh(state, TIMED, at(400))
+        assert state.lapsed_at == at(400) and state.last_purchase_event_id == f"p{day}"
+        assert evaluate_time(state, TIMED, at(400), NOW) == []
+
+
 def test_period_above_the_safety_line_alerts_per_group_with_its_figures() -> None:
     from app.domain import churn_kpi
     from app.domain.alerts import period_alerts

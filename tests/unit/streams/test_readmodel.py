@@ -1,0 +1,28 @@
+"""The read model's stream time after a restart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from app.domain.customer import CustomerState
+from app.streams import store
+from app.streams.readmodel import ReadModel
+
+JAN, MAY = datetime(2025, 1, 20, tzinfo=UTC), datetime(2025, 5, 22, tzinfo=UTC)
+WALL = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def test_stream_time_resumes_from_when_customers_were_scored_not_their_newest_event() -> None:
+    """A complaint read ahead of the purchases is a customer's newest event (May), but stream
+    time had only reached January when it was scored."""
+    state = CustomerState(customer_id="c1", last_event_at=MAY, churn_as_of=JAN)
+    model = ReadModel()
+    model.seed(b"c1", 0, store.dump_state(state), WALL)
+    assert model.stream_time(0) == JAN
+
+
+def test_states_from_before_churn_as_of_resume_from_their_newest_event() -> None:
+    state = CustomerState(customer_id="c1", last_event_at=MAY)
+    model = ReadModel()
+    model.seed(b"c1", 0, store.dump_state(state), WALL)
+    assert model.stream_time(0) == MAY
