@@ -213,7 +213,9 @@ def fold_batch(
         out.latencies.append((rec.timestamp, event.occurred_at.timestamp()))
         for alert in evaluate(before, state, event, policy, now):
             out.alerts.append((alert, rec.timestamp))
-    for part in {p for _, p in out.topic_clock}:
+    # Every partition of the batch: a record that was dead-lettered still moved its topic
+    # along, which can let stream time move.
+    for part in {rec.partition for rec in records}:
         mark = view.watermark(part, out.topic_clock)
         if mark is not None:
             out.clock[part] = mark

@@ -68,6 +68,7 @@ class ReadModel:
         self._heaps: dict[int, list[tuple[float, bytes]]] = {}
         self._due: dict[bytes, float] = {}
         self._clock: dict[int, datetime] = {}
+        self._newest: dict[int, datetime] = {}
 
     # -- the stream clock ------------------------------------------------------------
 
@@ -78,6 +79,10 @@ class ReadModel:
 
     def stream_time(self, partition: int) -> datetime | None:
         return self._clock.get(partition)
+
+    def newest(self, partition: int) -> datetime | None:
+        """The newest event time among the stored customers of a partition (from seeding)."""
+        return self._newest.get(partition)
 
     # -- rows and schedule -----------------------------------------------------------
 
@@ -137,6 +142,7 @@ class ReadModel:
         for p in gone:
             self._heaps.pop(p, None)
             self._clock.pop(p, None)
+            self._newest.pop(p, None)
 
     def seed(self, key: bytes, partition: int, raw: bytes, wall: datetime) -> float:
         """Index one stored state without a full parse; returns its trailing revenue.
@@ -153,6 +159,8 @@ class ReadModel:
         scored_at = _dt(d.get("churn_as_of")) or last
         if scored_at is not None:
             self.advance(partition, scored_at, wall)
+        if last is not None and (partition not in self._newest or last > self._newest[partition]):
+            self._newest[partition] = last
         seg = d.get("segment") or {}
         revenue = float(d.get("trailing_revenue", 0) or 0)
         lapses = tuple((_ts(_dt(x["at"])), float(x["revenue"]),
