@@ -76,8 +76,6 @@ class BatchView(Protocol):
         """When the customer asked to be forgotten, if it did."""
         ...
 
-    def stream_time(self, partition: int) -> datetime | None: ...
-
     def watermark(
         self, partition: int, latest: Mapping[tuple[str, int], datetime]
     ) -> datetime | None:
@@ -229,7 +227,7 @@ def fold_batch(
                 out.alerts.append((alert, produced[key]))
     # The sweep: customers whose risk can have changed because stream time moved on.
     for part in sorted({rec.partition for rec in records}):
-        stream_at = out.clock.get(part) or view.stream_time(part)
+        stream_at = out.clock.get(part)
         if stream_at is None:
             continue
         for key in view.due(part, stream_at, limits.sweep_limit):
@@ -244,8 +242,7 @@ def fold_batch(
         part = part_of[key]
         # Stream time unknown (a lagging topic has shown nothing yet): as of the customer's
         # last purchase rather than its newest event, which may be read ahead of them.
-        stream_now = (out.clock.get(part) or view.stream_time(part) or state.last_purchase_at
-                      or state.last_event_at or now)  # fmt: skip
+        stream_now = out.clock.get(part) or state.last_purchase_at or state.last_event_at or now
         was_lapsed = state.lapsed_at is not None
         refresh(state, policy, stream_now)
         if state.lapsed_at is not None and not was_lapsed:

@@ -562,9 +562,6 @@ class _View:
         self.bind(partition)
         return self.proc.states.erased_at(key)
 
-    def stream_time(self, partition: int) -> datetime | None:
-        return self.proc.readmodel.stream_time(partition)
-
     def watermark(
         self, partition: int, latest: Mapping[tuple[str, int], datetime]
     ) -> datetime | None:

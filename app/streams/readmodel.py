@@ -6,10 +6,10 @@ The schedule is a heap per partition of (when time next matters, key):
 the sweep pops only what is due as stream time passes, so re-scoring costs
 in proportion to the customers whose risk can have changed, not the table.
 
-Stream time of a partition is the newest ``occurred_at`` seen on it (the
-three inputs are co-partitioned, so one clock per partition number), clamped
-to the wall clock plus ``FUTURE_TOLERANCE`` so one event stamped years ahead
-cannot lapse everyone. Replays and simulations therefore age customers
+Stream time of a partition (one clock per partition number: the inputs are
+co-partitioned) is computed by ``domain.batch.watermark`` and kept here,
+clamped to the wall clock plus ``FUTURE_TOLERANCE`` so one event stamped years
+ahead cannot lapse everyone. Replays and simulations therefore age customers
 exactly as live traffic does.
 """
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.domain.batch import FUTURE_TOLERANCE
 from app.domain.customer import CustomerState
 
-FUTURE_TOLERANCE = timedelta(hours=1)
 RISK_BUCKETS = ("low", "medium", "high")
 
 

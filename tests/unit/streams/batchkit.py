@@ -161,9 +161,6 @@ class View:
 
         return store.load_marker(self.customers.data.get(erasure_marker_key(key)))
 
-    def stream_time(self, partition: int) -> datetime | None:
-        return self.clock.get(partition)
-
     def watermark(self, partition: int, latest: Mapping[tuple[str, int], datetime]) -> datetime | None:
         """Stream time from the batch's newest event times, ``behind`` naming lagging topics."""
         from app.domain.batch import watermark
