@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -27,7 +26,8 @@ from app.simulate.model import Simulation
 from app.streams.delivery import Delivery
 from app.streams.processor import policy_from
 from app.streams.tables import key_partition
-from bench.throughput import RESULTS, machine
+from bench import report
+from bench.throughput import machine
 from tests.unit.streams.batchkit import LIMITS, Metrics, Producer, Table, View, bind
 
 PARTITIONS = 4
@@ -94,16 +94,14 @@ def main() -> None:
     logging.disable(logging.WARNING)  # the simulation's malformed share is dead-lettered
     result = {"machine": machine(), "batch": args.batch, "customers": args.customers,
               **asyncio.run(run(records(args.events, args.customers), args.batch))}  # fmt: skip
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"batch-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    stamp = report.stamp()
     m = result["machine"]
     md = (f"# Batch layer without broker, {stamp}\n\nMachine: {m['cpus']} cores "
           f"{m['cpu_model']}, {m['memory_gib']} GiB, Python {m['python']}.\n\n"
           f"Command: `python -m bench.batch --events {args.events} --customers "
           f"{args.customers} --batch {args.batch}`\n\n| figure | value |\n|---|---|\n"
           + "".join(f"| {k} | {v} |\n" for k, v in result.items() if k != "machine"))  # fmt: skip
-    (RESULTS / f"batch-{stamp}.md").write_text(md)
+    report.save("batch", stamp, result, md)
     print(md)
 
 

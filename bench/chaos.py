@@ -16,10 +16,10 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.throughput import RESULTS, machine
+from bench import report
+from bench.throughput import machine
 
 
 def main() -> None:
@@ -43,9 +43,7 @@ def main() -> None:
               "passed": passed, "wall_seconds": wall, "figures": figures}  # fmt: skip
     if not passed:
         result["output_tail"] = (proc.stdout + proc.stderr)[-4000:]
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"chaos-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    stamp = report.stamp()
     m = result["machine"]
     md = (f"# Chaos soak, {stamp}\n\nMachine: {m['cpus']} cores {m['cpu_model']}, "
           f"{m['memory_gib']} GiB, Python {m['python']}, Kafka {m['kafka']}.\n\n"
@@ -57,7 +55,7 @@ def main() -> None:
         )
     if not passed:
         md += "\n```\n" + result["output_tail"] + "\n```\n"
-    (RESULTS / f"chaos-{stamp}.md").write_text(md)
+    report.save("chaos", stamp, result, md)
     print(md)
     sys.exit(0 if passed else 1)
 

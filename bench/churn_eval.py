@@ -25,8 +25,7 @@ from typing import Any
 
 from app.analysis import experiment
 from app.domain.churn import MODEL_FILE, load_model
-
-RESULTS = Path(__file__).with_name("results")
+from bench import report
 
 
 def machine() -> str:
@@ -70,11 +69,8 @@ def main() -> None:
     result["seconds"]["total"] = round(time.monotonic() - began, 1)
     if args.write_model:
         MODEL_FILE.write_text(json.dumps(model.to_dict(), indent=2) + "\n")
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"churn-eval-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = render(result)
-    (RESULTS / f"churn-eval-{stamp}.md").write_text(md)
+    report.save("churn-eval", report.stamp(), result, md)
     print(md)
 
 

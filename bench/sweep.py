@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import resource
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from app.analysis import experiment
@@ -32,9 +30,8 @@ from app.domain.alerts import evaluate_time
 from app.domain.customer import CustomerState, fold, next_check, refresh
 from app.domain.events import decode_event
 from app.streams.readmodel import ReadModel
+from bench import report
 from bench.churn_eval import machine
-
-RESULTS = Path(__file__).with_name("results")
 
 
 def rss_mib() -> float:
@@ -116,14 +113,11 @@ def main() -> None:
         "pop_one_day_due": popped, "pop_one_day_s": round(pop_s, 2),
         "gauges_pass_s": round(gauges_s, 2), "kpi_recount_month_s": round(kpi_s, 2),
     }  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"sweep-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = "\n".join([f"# sweep cost {result['when']}", "", f"machine: {result['machine']}", "",
                     "| figure | value |", "|---|---|",
                     *[f"| {k} | {v} |" for k, v in result.items() if k not in ("machine", "when")],
                     ""])  # fmt: skip
-    (RESULTS / f"sweep-{stamp}.md").write_text(md)
+    report.save("sweep", report.stamp(), result, md)
     print(md)
 
 

@@ -46,8 +46,8 @@ from app.local import kafka
 from app.settings import load_settings
 from app.simulate.model import Simulation
 from app.streams.processor import policy_from
+from bench import report as report_file
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PARTITIONS = 8
 
 
@@ -111,38 +111,11 @@ async def produce(bootstrap: str, topics: dict[str, str], n: int, customers: int
     await producer.stop()
 
 
-async def read_floor(bootstrap: str, topics: dict[str, str], n: int, decode: bool) -> dict[str, float]:
-    """aiokafka consume alone (``decode=False``), or with decode + validate of every record."""
-    consumer = AIOKafkaConsumer(*topics.values(), bootstrap_servers=bootstrap,
-                                group_id=f"floor-{uuid.uuid4().hex}", auto_offset_reset="earliest",
-                                max_poll_records=1000)  # fmt: skip
-    await consumer.start()
-    seen = 0
-    t0 = 0.0
-    try:
-        while seen < n:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=1000)
-            if batch and not t0:
-                t0 = time.perf_counter()
-            for records in batch.values():
-                seen += len(records)
-                if decode:
-                    for r in records:
-                        try:
-                            decode_event(r.value)
-                        except InvalidEventError:
-                            pass
-        elapsed = time.perf_counter() - t0
-    finally:
-        await consumer.stop()
-    return {"events": seen, "seconds": round(elapsed, 3), "events_per_s": round(seen / elapsed)}
-
-
-async def floor(bootstrap: str, topics: dict[str, str], n: int) -> dict[str, float]:
-    """decode + validate + fold + refresh once per touched customer per batch; state in a dict."""
-    settings = load_settings()
-    policy = policy_from(settings)
-    store: dict[bytes, CustomerState] = {}
+async def consume_timed(
+    bootstrap: str, topics: dict[str, str], n: int, on_batch: Callable[[list[Any]], None]
+) -> dict[str, float]:
+    """One aiokafka consumer reads ``n`` records, handing each fetched batch to ``on_batch``;
+    timed from the first batch."""
     consumer = AIOKafkaConsumer(*topics.values(), bootstrap_servers=bootstrap,
                                 group_id=f"floor-{uuid.uuid4().hex}", auto_offset_reset="earliest",
                                 max_poll_records=1000)  # fmt: skip
@@ -156,30 +129,55 @@ async def floor(bootstrap: str, topics: dict[str, str], n: int) -> dict[str, flo
                 continue
             if not t0:
                 t0 = time.perf_counter()
-            work: dict[bytes, CustomerState] = {}
-            for records in batch.values():
-                for r in records:
-                    seen += 1
-                    try:
-                        ev = decode_event(r.value)
-                    except InvalidEventError:
-                        continue
-                    key = ev.customer_id.encode()
-                    state = work.get(key) or store.get(key)
-                    if state is None:
-                        state = CustomerState(customer_id=ev.customer_id)
-                    work[key] = state
-                    try:
-                        fold(state, ev, policy)
-                    except InvalidEventError:
-                        continue
-            for key, state in work.items():
-                refresh(state, policy)
-                store[key] = state
+            records = [r for rs in batch.values() for r in rs]
+            seen += len(records)
+            on_batch(records)
         elapsed = time.perf_counter() - t0
     finally:
         await consumer.stop()
     return {"events": seen, "seconds": round(elapsed, 3), "events_per_s": round(seen / elapsed)}
+
+
+async def read_floor(bootstrap: str, topics: dict[str, str], n: int, decode: bool) -> dict[str, float]:
+    """aiokafka consume alone (``decode=False``), or with decode + validate of every record."""
+
+    def on_batch(records: list[Any]) -> None:
+        if decode:
+            for r in records:
+                try:
+                    decode_event(r.value)
+                except InvalidEventError:
+                    pass
+
+    return await consume_timed(bootstrap, topics, n, on_batch)
+
+
+async def floor(bootstrap: str, topics: dict[str, str], n: int) -> dict[str, float]:
+    """decode + validate + fold + refresh once per touched customer per batch; state in a dict."""
+    policy = policy_from(load_settings())
+    store: dict[bytes, CustomerState] = {}
+
+    def on_batch(records: list[Any]) -> None:
+        work: dict[bytes, CustomerState] = {}
+        for r in records:
+            try:
+                ev = decode_event(r.value)
+            except InvalidEventError:
+                continue
+            key = ev.customer_id.encode()
+            state = work.get(key) or store.get(key)
+            if state is None:
+                state = CustomerState(customer_id=ev.customer_id)
+            work[key] = state
+            try:
+                fold(state, ev, policy)
+            except InvalidEventError:
+                continue
+        for key, state in work.items():
+            refresh(state, policy)
+            store[key] = state
+
+    return await consume_timed(bootstrap, topics, n, on_batch)
 
 
 def metric_sum(port: int, names: tuple[str, ...]) -> float:
@@ -465,11 +463,8 @@ def main() -> None:
     full = result["pipeline_faust_worker"]
     dv = result["floor_decode_validate"]
     result["ratio_pipeline_to_decode_floor"] = round(full["events_per_s"] / dv["events_per_s"], 3)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"throughput-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = report(result, args)
-    (RESULTS / f"throughput-{stamp}.md").write_text(md)
+    report_file.save("throughput", report_file.stamp(), result, md)
     print(md)
 
 
