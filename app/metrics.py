@@ -20,6 +20,7 @@ class ServiceMetrics:
     alerts: Counter
     rekeyed: Counter
     batch_seconds: Histogram
+    batch_phase_seconds: Counter
     batch_size: Histogram
     event_latency: Histogram
     event_time_lag: Histogram
@@ -80,10 +81,17 @@ class ServiceMetrics:
                 buckets=LATENCY_BUCKETS,
                 registry=reg,
             ),  # fmt: skip
+            batch_phase_seconds=Counter(
+                "feedback_batch_phase_seconds",
+                "Time spent in each phase of the batches: fold (deciding), deliver "
+                "(producing and storing), after (caches and metrics)",
+                ["phase"],
+                registry=reg,
+            ),
             batch_size=Histogram(
                 "feedback_batch_events",
                 "Events per processed batch",
-                buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+                buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000),
                 registry=reg,
             ),  # fmt: skip
             event_latency=Histogram(

@@ -19,7 +19,16 @@ from typing import Protocol, TypeVar
 
 from app.domain import churn_kpi, segments
 from app.domain.alerts import Snapshot, evaluate, evaluate_time
-from app.domain.customer import CustomerState, Outcome, Policy, apply_action, fold, refresh
+from app.domain.customer import (
+    CustomerState,
+    Outcome,
+    Policy,
+    apply_action,
+    fold,
+    marks,
+    refresh,
+    sweep,
+)
 from app.domain.events import (
     Alert,
     AlertAction,
@@ -102,8 +111,12 @@ class BatchResult:
 
     alerts: list[tuple[Alert, float]] = field(default_factory=list)  # with produce time
     tallies: dict[bytes, list[int]] = field(default_factory=dict)
-    # key -> (partition, state), every customer touched, swept or acted on
+    # key -> (partition, state): every customer to write (touched, acted on, or swept
+    # with something worth storing)
     states: dict[bytes, tuple[int, CustomerState]] = field(default_factory=dict)
+    # swept customers re-scored as of now with nothing worth storing (not written; the
+    # read model takes their new risk and next check)
+    rescored: dict[bytes, tuple[int, CustomerState]] = field(default_factory=dict)
     dead: list[tuple[Record, InvalidEventError]] = field(default_factory=list)
     reroute: list[tuple[Record, bytes]] = field(default_factory=list)
     erased: dict[bytes, tuple[int, datetime]] = field(default_factory=dict)
@@ -225,18 +238,6 @@ def fold_batch(
             state = work[key]
             for alert in evaluate(Snapshot.of(state), state, last_event[key], policy, now):
                 out.alerts.append((alert, produced[key]))
-    # The sweep: customers whose risk can have changed because stream time moved on.
-    for part in sorted({rec.partition for rec in records}):
-        stream_at = out.clock.get(part)
-        if stream_at is None:
-            continue
-        for key in view.due(part, stream_at, limits.sweep_limit):
-            if key in work or key in out.erased:
-                continue
-            state = view.customer(key, part)
-            if state is not None:
-                work[key], part_of[key], produced[key] = state, part, last_produced[part]
-                out.swept += 1
     # Every touched customer as of now, and the alerts that time raises.
     for key, state in work.items():
         part = part_of[key]
@@ -250,7 +251,41 @@ def fold_batch(
         for alert in evaluate_time(state, policy, stream_now, now):
             out.alerts.append((alert, produced[key]))
         out.states[key] = (part, state)
+    _sweep(records, view, policy, limits, now, out, last_produced)
     return out
+
+
+def _sweep(
+    records: Sequence[Record], view: BatchView, policy: Policy, limits: Limits, now: datetime,
+    out: BatchResult, last_produced: dict[int, float],
+) -> None:  # fmt: skip
+    """Re-score the customers whose risk can have changed because stream time moved on.
+
+    In a backfill there are about as many of them as events, so a swept customer is
+    only written when the re-score changed a fact (a lapse, the tier, a reply breach)
+    or raised an alert; otherwise it goes to ``rescored``, for the read model.
+    """
+    for part in sorted({rec.partition for rec in records}):
+        stream_at = out.clock.get(part)
+        if stream_at is None:
+            continue
+        for key in view.due(part, stream_at, limits.sweep_limit):
+            if key in out.states or key in out.erased:
+                continue
+            state = view.customer(key, part)
+            if state is None:
+                continue
+            out.swept += 1
+            before, was_lapsed = marks(state), state.lapsed_at is not None
+            sweep(state, policy, stream_at)
+            if state.lapsed_at is not None and not was_lapsed:
+                out.lapses += 1
+            alerts = evaluate_time(state, policy, stream_at, now)
+            out.alerts += [(alert, last_produced[part]) for alert in alerts]
+            if alerts or marks(state) != before:
+                out.states[key] = (part, state)
+            else:
+                out.rescored[key] = (part, state)
 
 
 def watermark(

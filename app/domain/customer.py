@@ -303,12 +303,42 @@ def refresh(state: CustomerState, policy: Policy, now: datetime | None = None) -
     pairs = [(p.at, p.amount) for p in state.purchases]
     state.trailing_revenue = value.trailing_revenue(pairs, as_of)
     state.typical_gap_days = value.typical_gap_days([p.at for p in state.purchases if p.amount > 0])
+    classify(state, policy)
+    state.open_complaints = sum(1 for c in state.complaints.values() if c.is_open)
+    rescore(state, policy, now)
+
+
+def classify(state: CustomerState, policy: Policy) -> None:
+    """High value and tier from trailing revenue against the policy's current boundaries."""
     tier = state.segment.tier if state.segment else None
     state.high_value, state.value_tier = value.classify(
         state.trailing_revenue, tier, policy.value_policy, policy.cutoffs
     )
-    state.open_complaints = sum(1 for c in state.complaints.values() if c.is_open)
+
+
+def sweep(state: CustomerState, policy: Policy, now: datetime) -> None:
+    """Re-score a customer that no event touched, as of ``now`` (the sweep).
+
+    Its facts did not change since it was last refreshed, so of refresh() only what
+    time or the policy moves is computed again: the tier (the Pareto boundary may
+    have moved) and churn, reply breaches and lapse. A state stored before churn was
+    scored as of now gets a full refresh.
+    """
+    if state.churn_as_of is None:
+        refresh(state, policy, now)
+        return
+    classify(state, policy)
     rescore(state, policy, now)
+
+
+def marks(state: CustomerState) -> tuple[object, ...]:
+    """What a re-score can change that is a fact worth storing, not a figure as of now.
+
+    A swept customer whose marks did not move (and that raised no alert) need not be
+    written: its churn risk as of now is recomputed wherever it is read.
+    """
+    return (state.lapsed_at, len(state.lapses), state.high_value, state.value_tier,
+            state.sla_breaches)  # fmt: skip
 
 
 def rescore(state: CustomerState, policy: Policy, now: datetime) -> None:

@@ -160,10 +160,17 @@ class BatchProcessor:
             records.append(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                                   msg.timestamp, tuple(msg.headers or ())))  # fmt: skip
         bind = store.binder(by_partition)
+        t0 = time.perf_counter()
         result = fold_batch(records, _View(self, bind, now), self.policy, self.limits, now)
+        t1 = time.perf_counter()
         self.pareto.merge(result.revenues)
         raws = await self.delivery.deliver(result, bind)
+        t2 = time.perf_counter()
         self._after(result, raws, now)
+        phases = self.metrics.batch_phase_seconds
+        phases.labels("fold").inc(t1 - t0)
+        phases.labels("deliver").inc(t2 - t1)
+        phases.labels("after").inc(time.perf_counter() - t2)
         self.metrics.batch_size.observe(len(events))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
@@ -178,6 +185,9 @@ class BatchProcessor:
         for key, (part, state) in result.states.items():
             self.states.remember(key, raws[key], state)
             self.pareto.put(part, key, float(state.trailing_revenue))
+            due = next_check(state, policy, state.churn_as_of or now)
+            self.readmodel.record(key, part, state, due)
+        for key, (part, state) in result.rescored.items():
             due = next_check(state, policy, state.churn_as_of or now)
             self.readmodel.record(key, part, state, due)
         for key, (part, _) in result.erased.items():

@@ -79,7 +79,9 @@ class CustomerStore:
 
     The table stays the source of truth: a cached object is only used when the bytes
     in the table are exactly the bytes that produced it, so a rebalance, a restore or
-    a crashed batch can never serve a stale state.
+    a crashed batch can never serve a stale state. (The sweep may have re-scored a
+    cached object as of a later stream time without writing it: its facts are still
+    the stored ones, and figures as of now are recomputed wherever they are read.)
     """
 
     def __init__(self, table: Any, cache_size: int) -> None:

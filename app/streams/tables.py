@@ -17,6 +17,8 @@ import faust
 from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
+from app.streams import collector
+
 
 def key_partition(key: bytes, partitions: int) -> int:
     """Kafka's default partition for a key (Java client compatible)."""
@@ -51,6 +53,10 @@ class QuietWorker(faust.Worker):
     can spin on every record, which makes every library build DEBUG log
     records on the hot path (measured: about 7% of worker CPU).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        collector.tune()  # one worker per process: its heap, its collector thresholds
+        super().__init__(*args, **kwargs)
 
     def _setup_spinner_handler(self, logger: Any, level: int) -> None:
         self.spinner = None

@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 
 from app.domain.batch import Record, fold_batch, watermark
+from app.domain.customer import Policy
 from app.domain.events import ErasureRequest, encode
 from app.streams import store
 from app.streams.tables import key_partition
@@ -174,3 +175,38 @@ def test_a_topic_read_ahead_does_not_age_customers_whose_topic_lags() -> None:
     caught_up = fold_batch([ahead, *records(buys)], view(), policy(), LIMITS, NOW)
     assert caught_up.clock[rec.partition] == at(days=120)
     assert caught_up.states[b"c1"][1].lapsed_at is not None
+
+
+def _neighbour(customer: str) -> str:
+    """Another customer id on the same partition."""
+    home = key_partition(customer.encode(), PARTITIONS)
+    return next(c for c in (f"n{i}" for i in range(999))
+                if key_partition(c.encode(), PARTITIONS) == home)  # fmt: skip
+
+
+def test_a_swept_customer_is_rescored_and_written_only_when_a_fact_changed() -> None:
+    """Time moves on through a neighbour's purchases; c1 sends nothing more."""
+    silent_on = Policy(value_policy=policy().value_policy, rules=frozenset({"silent"}))
+    v = View(Table("customers"), Table("tallies"), silent_on)
+    buys = [purchase(900, day=d, customer_id="c1") for d in range(0, 30, 5)]
+    store_result(v, fold_batch(records(buys), v, silent_on, LIMITS, NOW))
+    stored = dict(v.customers.data)
+    other = _neighbour("c1")
+
+    v.due_keys = [b"c1"]
+    soon = fold_batch(records([purchase(10, day=32, customer_id=other)], start=10), v,
+                      silent_on, LIMITS, NOW)  # fmt: skip
+    assert soon.swept == 1 and b"c1" not in soon.states, "nothing worth storing changed"
+    rescored = soon.rescored[b"c1"][1]
+    assert rescored.churn_as_of == at(days=32) and rescored.lapsed_at is None
+    store_result(v, soon)
+    assert v.customers.data[b"c1"] == stored[b"c1"]
+
+    v.due_keys = [b"c1"]
+    late = fold_batch(records([purchase(10, day=140, customer_id=other)], start=20), v,
+                      silent_on, LIMITS, NOW)  # fmt: skip
+    assert late.swept == 1 and b"c1" not in late.rescored
+    lapsed = late.states[b"c1"][1]
+    assert lapsed.lapsed_at == at(days=140) and late.lapses == 1
+    assert [(a.rule, a.customer_id) for a, _ in late.alerts] == [("silent", "c1")]
+    assert lapsed.seq == len(buys), "a re-score is not an event"

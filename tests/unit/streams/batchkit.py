@@ -149,6 +149,7 @@ class View:
     clock: dict[int, datetime] = field(default_factory=dict)
     repolicies: int = 0
     behind: frozenset[str] = frozenset()  # topics with records still to read
+    due_keys: list[bytes] = field(default_factory=list)  # what the sweep is handed (once)
 
     def customer(self, key: bytes, partition: int) -> CustomerState | None:
         return store.load_state(self.customers.data.get(key))
@@ -175,7 +176,9 @@ class View:
         return record.key == key and key_partition(key, PARTITIONS) == record.partition
 
     def due(self, partition: int, stream_time: datetime, limit: int) -> list[bytes]:
-        return []
+        mine = [k for k in self.due_keys if key_partition(k, PARTITIONS) == partition][:limit]
+        self.due_keys = [k for k in self.due_keys if k not in mine]
+        return mine
 
     def repolicy(self, revenues: dict[int, dict[bytes, float]]) -> Policy:
         self.repolicies += 1
