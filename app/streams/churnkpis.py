@@ -60,9 +60,7 @@ class ChurnKpis:
 
     def counts(self, kind: Period, owned: set[int]) -> Counts:
         parts: list[Counts] = [self.local[p][kind] for p in owned if p in self.local]
-        for p, summary in self.summaries.remote.items():
-            if p in owned:
-                continue
+        for _, summary in self.summaries.remote.others(owned):
             shared = summary.get("churn", {}).get(kind, {})
             parts.append({_key(k): v for k, v in shared.items()})
         return churn_kpi.merge(parts)

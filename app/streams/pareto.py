@@ -11,12 +11,11 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import numpy as np
 
 from app.domain import value
-from app.streams.summaries import weighted
+from app.streams.summaries import Received, weighted
 
 # Above this many revenue points a recount runs at most once a second.
 LARGE_BASE = 50_000
@@ -58,14 +57,13 @@ class ParetoMirror:
         return weighted(list(mirror.values())), len(mirror)
 
     def cutoffs(
-        self, top_share: float, owned: set[int], remote: Mapping[int, Mapping[str, Any]],
+        self, top_share: float, owned: set[int], remote: Received,
         force: bool = False,
     ) -> value.RevenueCutoffs | None:  # fmt: skip
         """New boundaries, or None when a very large base was recounted less than 1 s ago."""
         now = time.monotonic()
         mine = [m for p, m in self.revenues.items() if p in owned or not owned]
-        theirs = [pt for p, summary in remote.items() if p not in owned
-                  for pt in summary.get("revenues", [])]  # fmt: skip
+        theirs = [pt for _, summary in remote.others(owned) for pt in summary.get("revenues", [])]
         n = sum(len(m) for m in mine) + len(theirs)
         if not force and n > LARGE_BASE and now - self._counted_at < 1.0:
             return None

@@ -1,13 +1,13 @@
 """Churn KPIs across partitions and the safety-line alert, without a broker."""
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from app.domain.customer import CustomerState, Lapse
 from app.metrics import ServiceMetrics
 from app.settings import load_settings
 from app.streams.churnkpis import ChurnKpis
 from app.streams.readmodel import ReadModel
+from app.streams.summaries import Received
 
 NOW = datetime(2026, 5, 20, tzinfo=UTC)
 
@@ -16,7 +16,7 @@ class Summaries:
     """What the summaries topic delivered from other workers."""
 
     def __init__(self) -> None:
-        self.remote: dict[int, dict[str, Any]] = {}
+        self.remote = Received()
 
 
 def customer(cid: str, lost: bool) -> CustomerState:
