@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     churn_model_file: Path | None = None
     lapse_p_alive: float = Field(0.5, gt=0.0, lt=1.0)
     churn_refit_interval: float = Field(600.0, ge=5.0)
-    sweep_batch_limit: int = Field(5000, ge=1)
+    sweep_batch_limit: int = Field(200, ge=0)
     case_contact_sla: timedelta = Field(timedelta(hours=24), gt=timedelta(0))
     detractor_rearm_after: timedelta = Field(timedelta(days=14), ge=timedelta(0))
     churn_kpi_interval: float = Field(30.0, ge=1.0)

@@ -261,15 +261,24 @@ def _sweep(
 ) -> None:  # fmt: skip
     """Re-score the customers whose risk can have changed because stream time moved on.
 
-    In a backfill there are about as many of them as events, so a swept customer is
-    only written when the re-score changed a fact (a lapse, the tier, a reply breach)
-    or raised an alert; otherwise it goes to ``rescored``, for the read model.
+    At most ``limits.sweep_limit`` plus one per record of the batch, shared among the
+    batch's partitions by their records, earliest due first: the sweep's work stays
+    in proportion to the batch, so a jump of stream time (a backfill catching up, live
+    traffic after one) cannot stall the batch's events behind a pass over every
+    customer, and a customer due several times while the sweep was behind is
+    re-scored once. In a backfill there are about as many due customers as events,
+    so a swept customer is only written when the re-score changed a fact (a lapse, the
+    tier, a reply breach) or raised an alert; otherwise it goes to ``rescored``, for
+    the read model.
     """
-    for part in sorted({rec.partition for rec in records}):
+    per_partition = Counter(rec.partition for rec in records)
+    budget = limits.sweep_limit + len(records)
+    for part in sorted(per_partition):
         stream_at = out.clock.get(part)
         if stream_at is None:
             continue
-        for key in view.due(part, stream_at, limits.sweep_limit):
+        share = -(-budget * per_partition[part] // len(records))  # rounded up
+        for key in view.due(part, stream_at, share):
             if key in out.states or key in out.erased:
                 continue
             state = view.customer(key, part)

@@ -116,6 +116,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 await processor.handle(events)
             except asyncio.CancelledError:
                 hold_back(events)
+                processor.states.clear()
                 raise
             except BaseException as exc:
                 # The consumer would carry on past the held-back batch and Faust's

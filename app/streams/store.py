@@ -111,6 +111,11 @@ class CustomerStore:
     def forget(self, key: bytes) -> None:
         self._cache.pop(key, None)
 
+    def clear(self) -> None:
+        """Drop every parsed state: after a batch that did not finish, the fold may have
+        changed cached objects whose new bytes never reached the table."""
+        self._cache.clear()
+
 
 async def write(
     producer: Any, table: Any, records: Sequence[tuple[bytes, bytes | None, int]], bind: Bind,

@@ -210,3 +210,18 @@ def test_a_swept_customer_is_rescored_and_written_only_when_a_fact_changed() -> 
     assert lapsed.lapsed_at == at(days=140) and late.lapses == 1
     assert [(a.rule, a.customer_id) for a, _ in late.alerts] == [("silent", "c1")]
     assert lapsed.seq == len(buys), "a re-score is not an event"
+
+
+def test_the_sweep_takes_at_most_its_limit_plus_one_per_record() -> None:
+    home = key_partition(b"c1", PARTITIONS)
+    ids = [c for c in (f"s{i}" for i in range(5000)) if key_partition(c.encode(), PARTITIONS) == home]
+    v = view()
+    store_result(v, fold_batch(records([purchase(10, day=1, customer_id=c) for c in ids[:150]]),
+                               v, policy(), LIMITS, NOW))  # fmt: skip
+    v.due_keys = [c.encode() for c in ids[:150]]
+    two = records([purchase(10, day=20, customer_id="c1"), survey(9, day=20, customer_id="c1")],
+                  start=500)  # fmt: skip
+    result = fold_batch(two, v, policy(), LIMITS, NOW)
+    assert LIMITS.sweep_limit == 100
+    assert result.swept == 102 and len(v.due_keys) == 48, "the rest wait, earliest first"
+    assert set(result.rescored) | set(result.states) >= {c.encode() for c in ids[:102]}
