@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -214,28 +213,31 @@ def features(inp: ChurnInputs, as_of: datetime, rhythm: Rhythm) -> dict[str, flo
     """
     f = dict.fromkeys(FEATURES, 0.0)
     now = as_of.timestamp()
-    buys = [(t, a) for t, a in inp.purchases if a > 0 and t <= as_of]
-    if not buys:
+    purchases = inp.purchases
+    stamps = [t.timestamp() for t, _ in purchases]
+    bought = [i for i, (t, a) in enumerate(purchases) if a > 0 and t <= as_of]
+    if not bought:
         f["no_purchase"] = 1.0
         f["dropout"] = _dropout(1.0)
     else:
-        secs = [t.timestamp() for t, _ in buys]  # purchases are kept in time order
+        buys = [purchases[i] for i in bought]
+        secs = [stamps[i] for i in bought]  # purchases are kept in time order
         first, last = min(secs), max(secs)
         x = len({t.date() for t, _ in buys}) - 1
         f["dropout"] = _dropout(rhythm.p_alive(x, (last - first) / DAY, (now - first) / DAY))
         gaps = [(b - a) / DAY for a, b in zip(secs, secs[1:], strict=False)]
         gaps = [g for g in gaps if g > 0.5]
-        typical = statistics.median(gaps) if gaps else rhythm.mean_gap_days
+        typical = _median(gaps) if gaps else rhythm.mean_gap_days
         since = (now - secs[-1]) / DAY
         f["overdue"] = math.log1p(since / max(typical, 1.0))
         if len(gaps) >= 3:
-            earlier = statistics.median(gaps[:-1])
+            earlier = _median(gaps[:-1])
             f["gap_stretch"] = max(0.0, math.log(max(gaps[-1], 1.0) / max(earlier, 1.0)))
         if len(buys) >= 4:
-            before = statistics.median([a for _, a in buys[:-2]])
+            before = _median([a for _, a in buys[:-2]])
             if before > 0:
                 f["basket_shrink"] = max(0.0, 1.0 - (buys[-1][1] + buys[-2][1]) / 2 / before)
-        f["spend_decline"] = _spend_decline(inp.purchases, as_of)
+        f["spend_decline"] = _spend_decline(stamps, purchases, now)
     scores = inp.scores
     if scores and scores[-1][0] > as_of:
         scores = [(t, s) for t, s in scores if t <= as_of]
@@ -300,19 +302,28 @@ def _undropout(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-(x * 16.0 - 8.0)))
 
 
-def _spend_decline(purchases: Sequence[tuple[datetime, float]], as_of: datetime) -> float:
+def _median(values: Sequence[float]) -> float:
+    """statistics.median for plain floats, without its type dispatch (hot path)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _spend_decline(stamps: Sequence[float], purchases: Sequence[tuple[datetime, float]],
+                   now: float) -> float:  # fmt: skip
     """Share by which spend in the last 90 days fell against the 90 before.
 
     When the 90 days before are empty too, the customer's average 90 days
     before that is the reference, so a customer who stopped buying long ago
-    still shows the whole fall rather than none.
+    still shows the whole fall rather than none. Times as epoch seconds
+    (``stamps`` are the purchases' times, ``now`` the time it is read at).
     """
-    window = timedelta(days=90)
-    recent_from, prior_from = as_of - window, as_of - 2 * window
+    recent_from, prior_from = now - 90 * DAY, now - 180 * DAY
     recent = prior = older = 0.0
-    first: datetime | None = None
-    for at, amount in purchases:
-        if at > as_of:
+    first: float | None = None
+    for at, (_, amount) in zip(stamps, purchases, strict=True):
+        if at > now:
             continue
         if first is None or at < first:
             first = at
@@ -323,7 +334,7 @@ def _spend_decline(purchases: Sequence[tuple[datetime, float]], as_of: datetime)
         else:
             older += amount
     if prior <= 0 and first is not None and older > 0:
-        span = (prior_from - first).total_seconds() / DAY
+        span = (prior_from - first) / DAY
         prior = older * 90 / max(span, 90.0)
     if prior <= 0:
         return 0.0

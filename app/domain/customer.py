@@ -164,7 +164,10 @@ class CustomerState(BaseModel):
     alerts_sent: int = 0
 
     def revenue_at(self, as_of: datetime) -> Decimal:
-        return value.trailing_revenue(((p.at, p.amount) for p in self.purchases), as_of)
+        """Trailing revenue as of ``as_of`` (purchases are kept in time order by fold)."""
+        purchases = self.purchases
+        return value.trailing_revenue_sorted([p.at for p in purchases],
+                                             [p.amount for p in purchases], as_of)  # fmt: skip
 
 
 def apply(
@@ -300,8 +303,7 @@ def refresh(state: CustomerState, policy: Policy, now: datetime | None = None) -
             if r.at >= since:
                 counts.agg(r.score)
         state.rolling_nps = counts.result()
-    pairs = [(p.at, p.amount) for p in state.purchases]
-    state.trailing_revenue = value.trailing_revenue(pairs, as_of)
+    state.trailing_revenue = state.revenue_at(as_of)
     state.typical_gap_days = value.typical_gap_days([p.at for p in state.purchases if p.amount > 0])
     classify(state, policy)
     state.open_complaints = sum(1 for c in state.complaints.values() if c.is_open)

@@ -6,6 +6,7 @@ tier A (the high-value set), the next 30% tier B, the rest C.
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,6 +55,15 @@ def trailing_revenue(purchases: Iterable[tuple[datetime, Decimal]], as_of: datet
     """Sum of amounts (refunds negative) with as_of - 365 days < occurred_at <= as_of."""
     start = as_of - TRAILING
     return sum((amt for at, amt in purchases if start < at <= as_of), Decimal("0"))
+
+
+def trailing_revenue_sorted(
+    times: Sequence[datetime], amounts: Sequence[Decimal], as_of: datetime
+) -> Decimal:
+    """trailing_revenue over purchases kept in time order: the window found by bisection."""
+    lo = bisect.bisect_right(times, as_of - TRAILING)
+    hi = bisect.bisect_right(times, as_of, lo=lo)
+    return sum(amounts[lo:hi], Decimal("0"))
 
 
 def typical_gap_days(times: Sequence[datetime]) -> float | None:
