@@ -89,7 +89,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(5000, ge=1)
     batch_within: float = Field(0.2, gt=0)
     commit_interval: float = Field(3.0, gt=0, le=60)
-    state_cache_size: int = Field(50_000, ge=0)
+    state_cache_size: int = Field(20_000, ge=0)
+    store_memory_mib: int = Field(512, ge=32)
     session_timeout: float = Field(30.0, ge=6, le=300)
 
     churn_model_file: Path | None = None

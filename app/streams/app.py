@@ -88,9 +88,10 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     deadletter = topic(settings.topic_deadletter)
     # Keys are customer_id bytes; each changelog record goes to the partition
     # number its (correctly keyed) input records are on: co-partitioning.
+    store_options = rocksdb_options(settings)
     customers = app.Table(
         "customer_state_by_customer", partitions=settings.partitions,
-        key_type=bytes, value_type=bytes,
+        key_type=bytes, value_type=bytes, options=dict(store_options),
     )  # fmt: skip
     # Segment tallies per input partition (small: segments x days x partitions), in the
     # configured store. (Faust ignores a per-table "memory://": yarl's URL of it is falsy.)
@@ -98,6 +99,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         PartitionPrefixedTable(
             app, name="nps_tally_by_partition", beacon=app.tables.beacon,
             partitions=settings.partitions, key_type=bytes, value_type=bytes,
+            options=dict(store_options),
         )
     )  # fmt: skip
     summaries = PartitionSummaries(settings)
@@ -156,6 +158,23 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     register(app, processor)
     return app
+
+
+TABLES = 2  # customer states and segment tallies, one RocksDB database per partition each
+
+
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """RocksDB sizes for each partition database, from FEEDBACK_STORE_MEMORY_MIB.
+
+    Faust opens one database per table and partition, each with its own 2 GiB block
+    cache and three 64 MiB write buffers by default: with 8 partitions that is far
+    more than a worker should hold. The budget is split evenly: half to two write
+    buffers, half to the block cache. (Faust passes a table's ``options`` to its
+    store; a ``memory://`` store ignores them.)
+    """
+    per_db = settings.store_memory_mib * 1024**2 // (TABLES * settings.partitions)
+    return {"write_buffer_size": max(1024**2, per_db // 4), "max_write_buffer_number": 2,
+            "block_cache_size": max(1024**2, per_db // 2)}  # fmt: skip
 
 
 def processor_of(app: faust.App) -> BatchProcessor:
