@@ -14,6 +14,9 @@ Starts its own fresh broker, produces N simulated events, then measures:
   state written (visible over HTTP) and from produce to alert delivered, from the worker's
   own histograms;
 - scale out (--workers N): N workers in one group on a copy of the run, aggregate rate.
+Also reported: the worker's CPU time per event (steadier than events/s on a machine the
+broker shares) and the time inside the batch handler. BENCH_LOG=FILE keeps the worker's
+log there (by default it goes with the run's temporary directory).
 Writes bench/results/throughput-<timestamp>.json and .md with the machine described.
 """
 
