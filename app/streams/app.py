@@ -59,7 +59,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         broker_commit_interval=settings.commit_interval,
         producer_linger=0.01,
         # Per partition and fetch; Faust's default of 1 MiB held a changelog restore to
-        # 3,300 records/s here, 8 MiB gave 4,700 (bench/throughput.py, README).
+        # 3,520 records/s here, 8 MiB gave 5,402 (bench/throughput.py, README).
         consumer_max_fetch_size=settings.fetch_mib * 1024**2,
         producer_max_batch_size=256 * 1024,
         stream_buffer_maxsize=settings.batch_size * 4,
