@@ -27,8 +27,8 @@ from typing import Any
 
 from app.analysis import experiment
 from app.domain import churn_kpi
-from app.domain.alerts import evaluate_time
-from app.domain.customer import CustomerState, fold, marks, next_check, refresh, sweep
+from app.domain.batch import sweep_one
+from app.domain.customer import CustomerState, fold, next_check, refresh
 from app.domain.events import decode_event
 from app.streams.readmodel import ReadModel
 from bench import report
@@ -72,9 +72,8 @@ def main() -> None:
     written = 0
     for raw in raws:
         st = CustomerState.model_validate_json(raw)
-        before = marks(st)
-        sweep(st, policy, later)
-        if evaluate_time(st, policy, later, wall) or marks(st) != before:
+        _, write = sweep_one(st, policy, later, wall)
+        if write:
             st.model_dump_json()
             written += 1
         due = next_check(st, policy, later)

@@ -285,16 +285,26 @@ def _sweep(
             if state is None:
                 continue
             out.swept += 1
-            before, was_lapsed = marks(state), state.lapsed_at is not None
-            sweep(state, policy, stream_at)
+            was_lapsed = state.lapsed_at is not None
+            alerts, write = sweep_one(state, policy, stream_at, now)
             if state.lapsed_at is not None and not was_lapsed:
                 out.lapses += 1
-            alerts = evaluate_time(state, policy, stream_at, now)
             out.alerts += [(alert, last_produced[part]) for alert in alerts]
-            if alerts or marks(state) != before:
+            if write:
                 out.states[key] = (part, state)
             else:
                 out.rescored[key] = (part, state)
+
+
+def sweep_one(
+    state: CustomerState, policy: Policy, stream_at: datetime, now: datetime
+) -> tuple[list[Alert], bool]:
+    """Re-score one swept customer as of ``stream_at``: the alerts that time raises, and
+    whether the state must be written (a fact changed or it alerted)."""
+    before = marks(state)
+    sweep(state, policy, stream_at)
+    alerts = evaluate_time(state, policy, stream_at, now)
+    return alerts, bool(alerts) or marks(state) != before
 
 
 def watermark(

@@ -166,8 +166,8 @@ class CustomerState(BaseModel):
     def revenue_at(self, as_of: datetime) -> Decimal:
         """Trailing revenue as of ``as_of`` (purchases are kept in time order by fold)."""
         purchases = self.purchases
-        return value.trailing_revenue_sorted([p.at for p in purchases],
-                                             [p.amount for p in purchases], as_of)  # fmt: skip
+        return value.trailing_revenue([p.at for p in purchases],
+                                      [p.amount for p in purchases], as_of)  # fmt: skip
 
 
 def apply(

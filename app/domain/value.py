@@ -51,16 +51,14 @@ def to_base(amount: Decimal, currency: str, rates: Mapping[str, Decimal], base: 
     return (amount * rate).quantize(Decimal("0.01"))
 
 
-def trailing_revenue(purchases: Iterable[tuple[datetime, Decimal]], as_of: datetime) -> Decimal:
-    """Sum of amounts (refunds negative) with as_of - 365 days < occurred_at <= as_of."""
-    start = as_of - TRAILING
-    return sum((amt for at, amt in purchases if start < at <= as_of), Decimal("0"))
-
-
-def trailing_revenue_sorted(
+def trailing_revenue(
     times: Sequence[datetime], amounts: Sequence[Decimal], as_of: datetime
 ) -> Decimal:
-    """trailing_revenue over purchases kept in time order: the window found by bisection."""
+    """Sum of amounts (refunds negative) with as_of - 365 days < occurred_at <= as_of.
+
+    ``times`` are in time order (fold keeps a customer's purchases so), so the window
+    is found by bisection.
+    """
     lo = bisect.bisect_right(times, as_of - TRAILING)
     hi = bisect.bisect_right(times, as_of, lo=lo)
     return sum(amounts[lo:hi], Decimal("0"))

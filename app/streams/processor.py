@@ -10,6 +10,7 @@ response twice or not at all.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter
@@ -185,9 +186,8 @@ class BatchProcessor:
         for key, (part, state) in result.states.items():
             self.states.remember(key, raws[key], state)
             self.pareto.put(part, key, float(state.trailing_revenue))
-            due = next_check(state, policy, state.churn_as_of or now)
-            self.readmodel.record(key, part, state, due)
-        for key, (part, state) in result.rescored.items():
+        # Written or only re-scored by the sweep: the read model takes risk and next look.
+        for key, (part, state) in itertools.chain(result.states.items(), result.rescored.items()):
             due = next_check(state, policy, state.churn_as_of or now)
             self.readmodel.record(key, part, state, due)
         for key, (part, _) in result.erased.items():

@@ -67,9 +67,6 @@ class Received(Mapping[int, dict[str, Any]]):
             decoded = self._decoded[partition] = json.loads(self._raw[partition])
         return decoded
 
-    def __setitem__(self, partition: int, summary: dict[str, Any]) -> None:
-        self.receive(partition, json.dumps(summary).encode())
-
     def __iter__(self) -> Iterator[int]:
         return iter(list(self._raw))
 

@@ -1,5 +1,6 @@
 """Churn KPIs across partitions and the safety-line alert, without a broker."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
 from app.domain.customer import CustomerState, Lapse
@@ -43,7 +44,7 @@ def test_report_merges_own_partitions_with_other_workers_summaries() -> None:
     kpis, _, summaries = kpis_with({0: [customer("a", True), customer("b", False)]})
     other, _, _ = kpis_with({1: [customer("c", True), customer("d", False)]})
     other.recount({1})
-    summaries.remote[1] = {"churn": other.shared(1)}
+    summaries.remote.receive(1, json.dumps({"churn": other.shared(1)}).encode())
     kpis.recount({0})
     report = kpis.report("month", {0}, "overall")
     may = report["rows"][-1]
@@ -57,12 +58,12 @@ def test_safety_line_alert_once_from_partition_0_only_when_every_partition_is_co
                                                                 for i in range(5)]})  # fmt: skip
     kpis.recount({0})
     assert kpis.safety_line_alerts({0}, NOW) == [], "partition 1 not counted yet"
-    summaries.remote[1] = {"churn": {}}
+    summaries.remote.receive(1, json.dumps({"churn": {}}).encode())
     alerts = kpis.safety_line_alerts({0}, NOW)
     assert sorted(a.trigger_event_id for a in alerts) == ["month:2026-05:tier:A",
                                                           "quarter:2026-Q2:tier:A"]  # fmt: skip
     assert kpis.safety_line_alerts({0}, NOW) == [], "once per period and group"
     elsewhere, _, s2 = kpis_with({1: [customer("a", True)]})
-    s2.remote[0] = {"churn": {}}
+    s2.remote.receive(0, json.dumps({"churn": {}}).encode())
     elsewhere.recount({1})
     assert elsewhere.safety_line_alerts({1}, NOW) == [], "only the owner of partition 0 speaks"
