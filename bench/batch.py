@@ -24,7 +24,7 @@ from app.domain.customer import CustomerState
 from app.settings import load_settings
 from app.simulate.model import Simulation
 from app.streams.delivery import Delivery
-from app.streams.processor import policy_from
+from app.streams.policy import policy_from
 from app.streams.tables import key_partition
 from bench import report
 from bench.throughput import machine

@@ -48,7 +48,7 @@ from app.errors import InvalidEventError
 from app.local import kafka
 from app.settings import load_settings
 from app.simulate.model import Simulation
-from app.streams.processor import policy_from
+from app.streams.policy import policy_from
 from bench import report as report_file
 
 PARTITIONS = 8

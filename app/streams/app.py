@@ -88,7 +88,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         partitions=settings.partitions, replicas=settings.replication_factor,
     )  # fmt: skip
     alerts = topic(settings.topic_alerts)
-    deadletter = topic(settings.topic_deadletter)
     # Keys are customer_id bytes; each changelog record goes to the partition
     # number its (correctly keyed) input records are on: co-partitioning.
     store_options = rocksdb_options(settings)
@@ -106,9 +105,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         )
     )  # fmt: skip
     summaries = PartitionSummaries(settings)
-    processor = BatchProcessor(
-        app, settings, metrics, customers, nps_tallies, summaries, alerts, deadletter
-    )
+    processor = BatchProcessor(app, settings, metrics, customers, nps_tallies, summaries, alerts)
     setattr(app, _ATTR, processor)
 
     @app.agent(inputs, name="customer_agent")
@@ -133,7 +130,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @app.task  # type: ignore[untyped-decorator]
     async def warm_producer_metadata() -> None:
         """The HTTP router hashes keys with the producer, which must know the changelog."""
-        await processor._ensure_metadata(  # noqa: SLF001 - same package
+        await processor.ensure_metadata(
             [customers.changelog_topic.get_topic_name(), settings.topic_alerts]
         )
 
@@ -147,11 +144,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.timer(interval=10.0, on_leader=False)  # type: ignore[untyped-decorator]
     async def refresh_segments() -> None:
-        processor.refresh_segments()
+        processor.queries.refresh_segments()
 
     @app.timer(interval=15.0)  # type: ignore[untyped-decorator]
     async def refresh_gauges() -> None:
-        processor.refresh_gauges()
+        processor.queries.refresh_gauges()
 
     @app.timer(interval=settings.churn_kpi_interval, on_leader=False)  # type: ignore[untyped-decorator]
     async def refresh_churn_kpis() -> None:
@@ -159,7 +156,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     from app.web.views import register
 
-    register(app, processor)
+    register(app, processor.queries)
     return app
 
 

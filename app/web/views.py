@@ -24,7 +24,7 @@ from app.streams.store import load_state
 
 
 class Reads(Protocol):
-    """What the views read (the streams layer's BatchProcessor provides it)."""
+    """What the views read (app.streams.queries.Queries provides it)."""
 
     customers: Any  # the customers table: routing and the owning worker's read
     settings: Settings

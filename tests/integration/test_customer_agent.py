@@ -13,7 +13,7 @@ from app.domain.alerts import alert_id
 from app.domain.customer import CustomerState, apply, refresh
 from app.domain.events import decode_event
 from app.settings import load_settings
-from app.streams.processor import policy_from
+from app.streams.policy import policy_from
 from app.streams.tables import key_partition
 
 from .harness import Worker, consume_all, event, produce, worker_env
