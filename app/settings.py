@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     state_cache_size: int = Field(20_000, ge=0)
     store_memory_mib: int = Field(512, ge=32)
     fetch_mib: int = Field(8, ge=1, le=64)
+    changelog_segment_mib: int = Field(16, ge=1, le=1024)
     session_timeout: float = Field(30.0, ge=6, le=300)
 
     churn_model_file: Path | None = None

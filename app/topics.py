@@ -54,7 +54,7 @@ async def ensure_topics(settings: Settings) -> None:
                 n,
                 settings.partitions,
                 settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if n in compacted else {},
+                topic_configs=changelog_configs(settings) if n in compacted else {},
             )  # fmt: skip
             for n in [*names, *compacted]
             if n not in existing
@@ -82,6 +82,18 @@ async def ensure_topics(settings: Settings) -> None:
             )
     finally:
         await admin.close()
+
+
+def changelog_configs(settings: Settings) -> dict[str, str]:
+    """Compacted, in segments of FEEDBACK_CHANGELOG_SEGMENT_MIB.
+
+    Kafka compacts only closed segments, and its default segment is 1 GiB: a
+    partition's changelog smaller than that keeps every write of every customer, and
+    a worker restoring on an empty state dir reads them all. Smaller segments let the
+    log cleaner keep about one record per customer. Applied when the topic is created.
+    """
+    return {"cleanup.policy": "compact",
+            "segment.bytes": str(settings.changelog_segment_mib * 1024**2)}  # fmt: skip
 
 
 def changelog_topics(settings: Settings) -> list[str]:

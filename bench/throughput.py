@@ -309,13 +309,30 @@ def pipeline(
             "alerts": alerts, "alerts_by_rule_first_worker": by_rule, "then": after}  # fmt: skip
 
 
-async def changelog_records(bootstrap: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+async def changelog_records(bootstrap: str, topic: str) -> tuple[int, int, int]:
+    """(records in the log, offset span, distinct keys): the log cleaner removes records
+    from closed segments, so what a restore reads can be fewer than the offsets span."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                max_partition_fetch_bytes=32 * 1024**2)  # fmt: skip
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         ends, starts = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
-        return sum(ends[tp] - starts[tp] for tp in parts)
+        consumer.assign(parts)
+        for tp in parts:
+            consumer.seek(tp, starts[tp])
+        present, keys = 0, set()
+        todo = {tp for tp in parts if ends[tp] > starts[tp]}
+        while todo:
+            for tp, batch in (await consumer.getmany(timeout_ms=1000)).items():
+                present += len(batch)
+                keys.update(r.key for r in batch)
+                if batch and batch[-1].offset + 1 >= ends[tp]:
+                    todo.discard(tp)
+            for tp in list(todo):
+                if await consumer.position(tp) >= ends[tp]:
+                    todo.discard(tp)
+        return present, sum(ends[tp] - starts[tp] for tp in parts), len(keys)
     finally:
         await consumer.stop()
 
@@ -467,8 +484,10 @@ def main() -> None:
                         for i in range(args.workers)]  # fmt: skip
                 result["pipeline_workers_in_one_group"] = pipeline(envs, args.events, log)
             if not args.skip_recovery:
-                records = asyncio.run(changelog_records(
+                records, span, keys = asyncio.run(changelog_records(
                     info.bootstrap, f"{env['FEEDBACK_APP_ID']}-customer_state_by_customer-changelog"))
+                result["changelog"] = {"records_in_log": records, "offset_span": span,
+                                       "distinct_keys": keys}  # fmt: skip
                 result["recovery_empty_state_dir"] = recovery(
                     {**env, "FEEDBACK_DATA_DIR": str(data / "fresh")}, log, records)
                 result["recovery_own_state_dir"] = recovery(env, log, records)
@@ -524,7 +543,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         md += ("\nTo assignment: the group waits out the killed member's session "
                "(`FEEDBACK_SESSION_TIMEOUT`). Ready = every partition restored and indexed "
                "(/health `indexed_partitions`); indexing runs on a 2 s timer after recovery, "
-               "so this includes up to 2 s of it.\n")
+               "so this includes up to 2 s of it. Changelog records: those in the log when "
+               "the restore began (read back with a consumer); the log cleaner had left "
+               f"{result['changelog']['records_in_log']} of an offset span of "
+               f"{result['changelog']['offset_span']}, for "
+               f"{result['changelog']['distinct_keys']} keys.\n")  # fmt: skip
     if "latency" in result:
         lat = result["latency"]
         md += (f"\nLatency at {lat['rate_events_per_s']} events/s ({args.latency_share:g} of the "

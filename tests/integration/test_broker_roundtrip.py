@@ -55,3 +55,40 @@ async def test_valid_and_malformed_records_round_trip(kafka_broker: str, unique:
     with pytest.raises(InvalidEventError) as info:
         decode_event(second.value)
     assert info.value.reason == "not_json"
+
+
+async def test_changelog_topics_are_created_compacted_in_small_segments(
+    kafka_broker: str, unique: str
+) -> None:
+    """Kafka compacts closed segments only: the changelogs are created with segments of
+    FEEDBACK_CHANGELOG_SEGMENT_MIB so the log cleaner can drop superseded states."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from app.settings import Settings
+    from app.topics import changelog_topics, ensure_topics
+
+    settings = Settings(broker=f"kafka://{kafka_broker}", app_id=f"seg-{unique}",
+                        partitions=2, changelog_segment_mib=3,
+                        topic_surveys=f"s-{unique}", topic_purchases=f"p-{unique}",
+                        topic_complaints=f"c-{unique}", topic_alerts=f"a-{unique}",
+                        topic_deadletter=f"d-{unique}", topic_erasure=f"e-{unique}",
+                        topic_alert_actions=f"x-{unique}")  # fmt: skip
+    await ensure_topics(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker)
+    await admin.start()
+    try:
+        names = changelog_topics(settings)
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in [*names, f"s-{unique}"]]
+        )
+    finally:
+        await admin.close()
+    found: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for resource in response.resources:
+            name, entries = resource[3], resource[4]
+            found[name] = {e[0]: e[1] for e in entries}
+    for name in names:
+        assert found[name]["cleanup.policy"] == "compact"
+        assert found[name]["segment.bytes"] == str(3 * 1024**2)
+    assert found[f"s-{unique}"]["segment.bytes"] != str(3 * 1024**2)  # input topics untouched
