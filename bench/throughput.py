@@ -337,32 +337,40 @@ async def changelog_records(bootstrap: str, topic: str) -> tuple[int, int, int]:
         await consumer.stop()
 
 
-def recovery(env: dict[str, str], log: Path, records: int) -> dict[str, float]:
-    """Seconds from start until every partition is restored and indexed."""
+def recovery(env: dict[str, str], log: Path, records: int,
+             probe: Callable[[], None]) -> dict[str, float]:  # fmt: skip
+    """Seconds from start until every partition is restored and indexed, and until the
+    first event is processed (``probe`` produces one live event before the start)."""
+    probe()
     t0 = time.perf_counter()
     worker = WorkerProcess(env, log)
-    assigned = None
+    assigned = first = None
+    names = ("feedback_events_total", "feedback_dead_letters_total")
     try:
-        deadline = time.monotonic() + 900
-        while True:
+        deadline = time.monotonic() + 1800
+        ready = None
+        while ready is None or first is None:
             health = worker.health()
+            now = time.perf_counter() - t0
             if assigned is None and health.get("assigned_partitions"):
                 # The group waited out the killed member's session before assigning.
-                assigned = time.perf_counter() - t0
-            if health.get("indexed_partitions") == PARTITIONS:
-                break
+                assigned = now
+            if ready is None and health.get("indexed_partitions") == PARTITIONS:
+                ready = now
+                rss = worker.rss_mib()
+            if first is None and worker.metric(*names) >= 1:
+                first = now
             worker.check()
             if time.monotonic() > deadline:
-                raise RuntimeError("the worker did not restore within 900 s")
+                raise RuntimeError("the worker did not restore within 1800 s")
             time.sleep(0.05)
-        ready = time.perf_counter() - t0
-        rss = worker.rss_mib()
     finally:
         worker.kill()
     restore = ready - (assigned or 0.0)
     return {"seconds_to_ready": round(ready, 2), "seconds_to_assignment": round(assigned or 0, 2),
             "seconds_assignment_to_ready": round(restore, 2), "changelog_records": records,
-            "records_per_s_after_assignment": round(records / restore), "worker_rss_mib": rss}  # fmt: skip
+            "records_per_s_after_assignment": round(records / restore),
+            "seconds_to_first_event": round(first, 2), "worker_rss_mib": rss}  # fmt: skip
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
@@ -413,7 +421,7 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
         if time.monotonic() > deadline:
             raise RuntimeError("the worker did not count the paced events within 600 s")
         time.sleep(0.1)
-    out: dict[str, Any] = {"rate_events_per_s": round(rate), "events": n}
+    out: dict[str, Any] = {"rate_events_per_s": round(rate), "events": n, "produced": warm + n}
     for name in LATENCY_METRICS:
         now = dict(histogram(worker.port, name))
         delta = [(le, now[le] - dict(base[name]).get(le, 0.0)) for le in sorted(now)]
@@ -488,9 +496,17 @@ def main() -> None:
                     info.bootstrap, f"{env['FEEDBACK_APP_ID']}-customer_state_by_customer-changelog"))
                 result["changelog"] = {"records_in_log": records, "offset_span": span,
                                        "distinct_keys": keys}  # fmt: skip
+                probes = iter(range(2))
+
+                def probe() -> None:
+                    # One more live event of the simulation, after all the others produced.
+                    skip = args.events + (full["then"] or {}).get("produced", 0)
+                    asyncio.run(produce(info.bootstrap, topics, 1, args.customers,
+                                        skip=skip + next(probes), create=False, live=True))  # fmt: skip
+
                 result["recovery_empty_state_dir"] = recovery(
-                    {**env, "FEEDBACK_DATA_DIR": str(data / "fresh")}, log, records)
-                result["recovery_own_state_dir"] = recovery(env, log, records)
+                    {**env, "FEEDBACK_DATA_DIR": str(data / "fresh")}, log, records, probe)
+                result["recovery_own_state_dir"] = recovery(env, log, records, probe)
         finally:
             kafka.down(data / "kafka")
     full = result["pipeline_faust_worker"]
@@ -532,18 +548,21 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     )  # fmt: skip
     if "recovery_empty_state_dir" in result:
         md += ("\n| recovery after SIGKILL | to assignment s | assignment to ready s | "
-               "changelog records | records/s after assignment | RSS MiB |\n"
-               "|---|---|---|---|---|---|\n")
+               "changelog records | records/s after assignment | to first event s | "
+               "RSS MiB |\n|---|---|---|---|---|---|---|\n")
         for name in ("recovery_empty_state_dir", "recovery_own_state_dir"):
             r = result[name]
             md += (f"| {name.removeprefix('recovery_').replace('_', ' ')} | "
                    f"{r['seconds_to_assignment']} | {r['seconds_assignment_to_ready']} | "
                    f"{r['changelog_records']} | {r['records_per_s_after_assignment']} | "
-                   f"{r['worker_rss_mib']} |\n")  # fmt: skip
+                   f"{r['seconds_to_first_event']} | {r['worker_rss_mib']} |\n")  # fmt: skip
         md += ("\nTo assignment: the group waits out the killed member's session "
                "(`FEEDBACK_SESSION_TIMEOUT`). Ready = every partition restored and indexed "
                "(/health `indexed_partitions`); indexing runs on a 2 s timer after recovery, "
-               "so this includes up to 2 s of it. Changelog records: those in the log when "
+               "so this includes up to 2 s of it. To first event: from the start until the "
+               "worker processed a record (one live event is produced just before the start; "
+               "records not committed before the kill are read again and count too). "
+               "Changelog records: those in the log when "
                "the restore began (read back with a consumer); the log cleaner had left "
                f"{result['changelog']['records_in_log']} of an offset span of "
                f"{result['changelog']['offset_span']}, for "
