@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from app.metrics import ServiceMetrics
 from app.settings import Settings
+from app.streams import store
 from app.streams.consumer import install as install_safe_offsets
 from app.streams.processor import BatchProcessor
 from app.streams.summaries import PartitionSummaries
@@ -92,14 +93,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     # number its (correctly keyed) input records are on: co-partitioning.
     store_options = rocksdb_options(settings)
     customers = app.Table(
-        "customer_state_by_customer", partitions=settings.partitions,
+        store.CUSTOMERS_TABLE, partitions=settings.partitions,
         key_type=bytes, value_type=bytes, options=dict(store_options),
     )  # fmt: skip
     # Segment tallies per input partition (small: segments x days x partitions), in the
     # configured store. (Faust ignores a per-table "memory://": yarl's URL of it is falsy.)
     nps_tallies = app.tables.add(
         PartitionPrefixedTable(
-            app, name="nps_tally_by_partition", beacon=app.tables.beacon,
+            app, name=store.TALLIES_TABLE, beacon=app.tables.beacon,
             partitions=settings.partitions, key_type=bytes, value_type=bytes,
             options=dict(store_options),
         )

@@ -21,7 +21,7 @@ from app.streams.clock import StreamClock
 from app.streams.ownership import Ownership
 from app.streams.policy import LivePolicy
 from app.streams.readmodel import RISK_BUCKETS, ReadModel
-from app.streams.store import CustomerStore
+from app.streams.store import CUSTOMERS_TABLE, TALLIES_TABLE, CustomerStore
 from app.streams.summaries import PartitionSummaries
 from app.streams.tables import key_partition
 
@@ -147,8 +147,8 @@ class Queries:
         n = len(self.readmodel)
         m.customers.set(n)
         m.lapsed.set(lapsed)
-        m.table_keys.labels("customer_state_by_customer").set(n)
-        m.table_keys.labels("nps_tally_by_partition").set(len(self.nps_tallies))
+        m.table_keys.labels(CUSTOMERS_TABLE).set(n)
+        m.table_keys.labels(TALLIES_TABLE).set(len(self.nps_tallies))
         for t in ("A", "B", "C"):
             m.customers_by_tier.labels(t).set(tiers[t])
         for bucket in RISK_BUCKETS:
