@@ -52,6 +52,8 @@ from app.streams.policy import policy_from
 from bench import report as report_file
 
 PARTITIONS = 8
+# Every input record a worker has finished with: processed (any outcome) or dead-lettered.
+COUNTED = ("feedback_events_total", "feedback_dead_letters_total")
 
 
 def machine() -> dict[str, Any]:
@@ -268,14 +270,13 @@ def pipeline(
     ``then(worker, rate)`` runs on the (first) worker once it is caught up, before the kill.
     """
     workers = [WorkerProcess(env, log) for env in envs]
-    names = ("feedback_events_total", "feedback_dead_letters_total")
     try:
         deadline = time.monotonic() + max(900, n / 200)  # 200 events/s: surely stuck
         t0 = c0 = 0.0
         cpu0: list[float] = []
         count = 0.0
         while time.monotonic() < deadline:
-            count = sum(w.metric(*names) for w in workers)
+            count = sum(w.metric(*COUNTED) for w in workers)
             now = time.perf_counter()
             if count > 0 and not t0:
                 t0, c0 = now, count
@@ -324,11 +325,9 @@ async def changelog_records(bootstrap: str, topic: str) -> tuple[int, int, int]:
         present, keys = 0, set()
         todo = {tp for tp in parts if ends[tp] > starts[tp]}
         while todo:
-            for tp, batch in (await consumer.getmany(timeout_ms=1000)).items():
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
                 present += len(batch)
                 keys.update(r.key for r in batch)
-                if batch and batch[-1].offset + 1 >= ends[tp]:
-                    todo.discard(tp)
             for tp in list(todo):
                 if await consumer.position(tp) >= ends[tp]:
                     todo.discard(tp)
@@ -345,7 +344,6 @@ def recovery(env: dict[str, str], log: Path, records: int,
     t0 = time.perf_counter()
     worker = WorkerProcess(env, log)
     assigned = first = None
-    names = ("feedback_events_total", "feedback_dead_letters_total")
     try:
         deadline = time.monotonic() + 1800
         ready = None
@@ -358,7 +356,7 @@ def recovery(env: dict[str, str], log: Path, records: int,
             if ready is None and health.get("indexed_partitions") == PARTITIONS:
                 ready = now
                 rss = worker.rss_mib()
-            if first is None and worker.metric(*names) >= 1:
+            if first is None and worker.metric(*COUNTED) >= 1:
                 first = now
             worker.check()
             if time.monotonic() > deadline:
@@ -411,12 +409,12 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     asyncio.run(produce(bootstrap, topics, warm, customers, skip=skip, rate=rate, create=False,
                         live=True))  # fmt: skip
     base = {n: histogram(worker.port, n) for n in LATENCY_METRICS}
-    done = worker.metric("feedback_events_total", "feedback_dead_letters_total")
+    done = worker.metric(*COUNTED)
     n = int(rate * seconds)
     asyncio.run(produce(bootstrap, topics, n, customers, skip=skip + warm, rate=rate,
                         create=False, live=True))  # fmt: skip
     deadline = time.monotonic() + 600
-    while worker.metric("feedback_events_total", "feedback_dead_letters_total") < done + n:
+    while worker.metric(*COUNTED) < done + n:
         worker.check()
         if time.monotonic() > deadline:
             raise RuntimeError("the worker did not count the paced events within 600 s")
