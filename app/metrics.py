@@ -50,6 +50,7 @@ class ServiceMetrics:
     churn_revenue_lost: Gauge
     churn_safety_line: Gauge
     churn_above_line: Gauge
+    restored_records: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ServiceMetrics:
@@ -234,6 +235,12 @@ class ServiceMetrics:
                 "From the event's occurred_at (event time) to its processing",
                 buckets=(1, 10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400),
                 registry=reg,
+            ),  # fmt: skip
+            restored_records=Counter(
+                "feedback_changelog_restored_records",
+                "Changelog records written to the local store by the bulk restore, by table "
+                "(what Faust's own recovery reads after it is in faust_*)",
+                ["table"], registry=reg,
             ),  # fmt: skip
         )
         # Labelled counters appear on /metrics once a label is used: show "overall" at 0.

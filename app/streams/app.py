@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from app.metrics import ServiceMetrics
 from app.settings import Settings
-from app.streams import store
+from app.streams import restore, store
 from app.streams.consumer import install as install_safe_offsets
 from app.streams.processor import BatchProcessor
 from app.streams.summaries import PartitionSummaries
@@ -38,6 +38,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         )
     elif settings.kafka_tls:
         credentials = settings.ssl_context()
+    metrics = ServiceMetrics.create(registry)
+    restored = metrics.restored_records
     app = faust.App(
         settings.app_id,
         broker_credentials=credentials,
@@ -71,12 +73,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         autodiscover=False,
         Table=KeyPartitionedTable,
         Worker=QuietWorker,
+        TableManager=restore.table_manager(
+            settings.client_kwargs(), settings.fetch_mib * 1024**2,
+            lambda table, n: restored.labels(table).inc(n),
+        ),
     )
     install_safe_offsets(app)  # before anything creates the transport
     from faust.sensors.prometheus import setup_prometheus_sensors
 
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
-    metrics = ServiceMetrics.create(registry)
 
     def topic(name: str, **kw: Any) -> faust.TopicT:
         return app.topic(

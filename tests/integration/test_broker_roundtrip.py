@@ -92,3 +92,55 @@ async def test_changelog_topics_are_created_compacted_in_small_segments(
         assert found[name]["cleanup.policy"] == "compact"
         assert found[name]["segment.bytes"] == str(3 * 1024**2)
     assert found[f"s-{unique}"]["segment.bytes"] != str(3 * 1024**2)  # input topics untouched
+
+
+async def test_bulk_restore_reads_each_span_in_order_and_stops_at_its_end(
+    kafka_broker: str, unique: str
+) -> None:
+    """app/streams/restore.read against the broker: offsets in order, nothing past a span's
+    end, tombstones kept; a deadline already passed reads nothing."""
+    import time
+
+    from faust.types import TP
+
+    from app.streams.restore import Change, Span, read
+
+    topic = f"restore-{unique}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker, acks="all")
+    await producer.start()
+    try:
+        for n in range(30):
+            value = None if n % 7 == 6 else b"v%d" % n
+            await producer.send_and_wait(topic, value, key=b"k%d" % (n % 5), partition=n % 2)
+    finally:
+        await producer.stop()
+    # 15 records per partition (offsets 0..14): all of partition 0, offsets 4..9 of 1.
+    spans = {TP(topic, 0): Span(0, 15), TP(topic, 1): Span(4, 10)}
+    got: dict[TP, list[Change]] = {tp: [] for tp in spans}
+
+    def apply(tp: TP, batch: list[Change]) -> None:
+        got[tp].extend(batch)
+
+    last = await read({"bootstrap_servers": kafka_broker}, spans, apply,
+                      time.monotonic() + 60, 1024**2)  # fmt: skip
+    assert [c.message.offset for c in got[TP(topic, 0)]] == list(range(15))
+    assert [c.message.offset for c in got[TP(topic, 1)]] == list(range(4, 10))
+    assert last == {TP(topic, 0): 14, TP(topic, 1): 9}
+    sent = {(n % 2, n // 2): n for n in range(30)}  # (partition, offset) -> n
+    for tp, changes in got.items():
+        for c in changes:
+            n = sent[(tp.partition, c.message.offset)]
+            assert c.message.key == b"k%d" % (n % 5)
+            assert c.message.value == (None if n % 7 == 6 else b"v%d" % n)
+            assert c.message.tp == tp and c.message.partition == tp.partition
+
+    late: list[Change] = []
+    assert await read({"bootstrap_servers": kafka_broker}, spans,
+                      lambda tp, batch: late.extend(batch), time.monotonic() - 1, 1024**2) == {}
+    assert late == []

@@ -16,6 +16,7 @@ from app.domain.alerts import Snapshot, evaluate
 from app.domain.customer import CustomerState, Outcome, Policy, apply, public_view, refresh
 from app.domain.events import AnyEvent, SurveyResponse, decode_event
 from app.domain.value import ValuePolicy
+from app.streams.store import CUSTOMERS_TABLE
 from app.streams.tables import key_partition
 
 from .harness import Worker, consume_all, event, poll, produce, worker_env
@@ -123,6 +124,12 @@ def test_sigkill_mid_stream_then_restore_from_changelog(
             return True
 
         poll(caught_up, 180, "every customer's event count to match the replay", restarted)
+        if state_dir == "fresh":
+            # The changelog came back through the bulk restore (app/streams/restore.py).
+            restored = restarted.metric("feedback_changelog_restored_records_total",
+                                        table=CUSTOMERS_TABLE)  # fmt: skip
+            # 600 events in batches of 50 wrote at least one customer record per batch.
+            assert restored >= 600 // 50, restored
         for cust, state in expected.items():
             # Churn risk and reply breaches as of the partition's stream time.
             now_p = clock[key_partition(cust.encode(), int(env["FEEDBACK_PARTITIONS"]))]
