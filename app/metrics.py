@@ -51,6 +51,7 @@ class ServiceMetrics:
     churn_safety_line: Gauge
     churn_above_line: Gauge
     restored_records: Counter
+    restore_seconds: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ServiceMetrics:
@@ -241,6 +242,10 @@ class ServiceMetrics:
                 "Changelog records written to the local store by the bulk restore, by table "
                 "(what Faust's own recovery reads after it is in faust_*)",
                 ["table"], registry=reg,
+            ),  # fmt: skip
+            restore_seconds=Counter(
+                "feedback_changelog_restore_seconds",
+                "Time spent in the bulk restore of changelogs (all tables)", registry=reg,
             ),  # fmt: skip
         )
         # Labelled counters appear on /metrics once a label is used: show "overall" at 0.

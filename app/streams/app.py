@@ -39,7 +39,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     elif settings.kafka_tls:
         credentials = settings.ssl_context()
     metrics = ServiceMetrics.create(registry)
-    restored = metrics.restored_records
     app = faust.App(
         settings.app_id,
         broker_credentials=credentials,
@@ -74,8 +73,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         Table=KeyPartitionedTable,
         Worker=QuietWorker,
         TableManager=restore.table_manager(
-            settings.client_kwargs(), settings.fetch_mib * 1024**2,
-            lambda table, n: restored.labels(table).inc(n),
+            settings.client_kwargs(), settings.fetch_mib * 1024**2, metrics
         ),
     )
     install_safe_offsets(app)  # before anything creates the transport

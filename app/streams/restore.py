@@ -40,6 +40,8 @@ from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
+from app.metrics import ServiceMetrics
+
 # Of Faust's timeout for the step this runs in, the share the bulk read may use.
 DEADLINE_SHARE = 0.75
 
@@ -133,7 +135,7 @@ class BulkRecovery(Recovery):
 
     client_kwargs: Mapping[str, Any] = {}
     fetch_bytes: int = 8 * 1024**2
-    on_restored: Callable[[str, int], None] = staticmethod(lambda table, n: None)
+    metrics: ServiceMetrics | None = None
 
     async def _build_offsets(
         self, consumer: Any, tps: Any, destination: Any, title: str
@@ -167,10 +169,15 @@ class BulkRecovery(Recovery):
             # Where Faust's own recovery starts if this one stops early.
             destination[tp] = batch[-1].message.offset
             applied[0] += len(batch)
-            self.on_restored(table.name, len(batch))
+            if self.metrics is not None:
+                self.metrics.restored_records.labels(table.name).inc(len(batch))
 
         started = time.monotonic()
-        await read(self.client_kwargs, spans, apply, deadline, self.fetch_bytes)
+        try:
+            await read(self.client_kwargs, spans, apply, deadline, self.fetch_bytes)
+        finally:
+            if self.metrics is not None:
+                self.metrics.restore_seconds.inc(time.monotonic() - started)
         reached = {tp: s.start - 1 if destination[tp] is None else destination[tp]
                    for tp, s in spans.items()}  # fmt: skip
         left = sum(self.active_highwaters[tp] - at for tp, at in reached.items())
@@ -181,12 +188,12 @@ class BulkRecovery(Recovery):
 
 
 def table_manager(
-    client_kwargs: Mapping[str, Any], fetch_bytes: int, on_restored: Callable[[str, int], None]
+    client_kwargs: Mapping[str, Any], fetch_bytes: int, metrics: ServiceMetrics
 ) -> type[TableManager]:
     """A TableManager whose recovery restores in bulk (``faust.App(TableManager=...)``)."""
     recovery = type("BulkRecovery", (BulkRecovery,), {
         "client_kwargs": dict(client_kwargs), "fetch_bytes": fetch_bytes,
-        "on_restored": staticmethod(on_restored),
+        "metrics": metrics,
     })  # fmt: skip
 
     class Manager(TableManager):
