@@ -14,10 +14,10 @@ reads only what arrived meanwhile. Standby partitions stay with Faust.
 
 Order and safety: a partition's records are applied in offset order and its
 persisted offset is written after the data, as Faust does; applying a record again
-gives the same state, so a restore cut short (a deadline, a new rebalance, a crash)
-leaves a store that Faust, or the next start, carries on from. Faust bounds the step
-by ``broker_request_timeout``; the bulk read stops well before it and leaves the rest
-to Faust's own path.
+gives the same state, so a restore cut short (a deadline, a new rebalance, a broker
+error, a crash) leaves a store that Faust, or the next start, carries on from. Faust
+bounds the step by ``broker_request_timeout``; the bulk read stops well before it and
+leaves the rest to Faust's own path.
 
 Private API touched: ``Recovery._build_offsets`` (its signature and the "active"
 title), ``Recovery.active_offsets`` / ``active_highwaters`` / ``tp_to_table``
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.stores.rocksdb import Store as RocksStore
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
@@ -175,6 +176,10 @@ class BulkRecovery(Recovery):
         started = time.monotonic()
         try:
             await read(self.client_kwargs, spans, apply, deadline, self.fetch_bytes)
+        except (KafkaError, OSError) as exc:
+            # Faust's own recovery retries through the worker's consumer; it carries on
+            # from what was written here.
+            self.log.warning("Bulk restore stopped (%r); Faust's recovery reads the rest", exc)
         finally:
             if self.metrics is not None:
                 self.metrics.restore_seconds.inc(time.monotonic() - started)

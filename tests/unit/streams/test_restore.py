@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
@@ -134,3 +135,28 @@ def test_faust_internals_the_bulk_restore_uses() -> None:
     assert '"active"' in source[offsets : offsets + 200]
     assert "_recovery" in TableManager.__annotations__
     assert isinstance(inspect.getattr_static(TableManager, "recovery"), property)
+
+
+def test_a_broker_error_leaves_the_rest_to_faust(
+    customers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = customers.changelog_topic.get_topic_name()
+    tp = TP(topic, 3)
+    recovery = customers.app.tables.recovery
+    recovery.add_active(customers, tp)
+    recovery.active_highwaters[tp] = 99
+
+    async def failing_read(
+        kwargs: Any, spans: Mapping[TP, Span],
+        apply: Callable[[TP, list[Change]], None], deadline: float, fetch: int,
+    ) -> dict[TP, int]:  # fmt: skip
+        apply(tp, [Change(restore._Message(tp, 3, o, b"k", b"v")) for o in range(40)])  # noqa: SLF001
+        raise KafkaConnectionError()
+
+    monkeypatch.setattr(restore, "read", failing_read)
+    metrics = recovery.metrics
+    before = metrics.restored_records.labels(customers.name)._value.get()  # noqa: SLF001
+    asyncio.run(recovery._build_offsets(_Consumer({tp: 0}), {tp}, recovery.active_offsets, "active"))  # noqa: SLF001
+    assert recovery.active_offsets[tp] == 39
+    assert recovery.active_remaining() == Counter({tp: 60})
+    assert metrics.restored_records.labels(customers.name)._value.get() - before == 40  # noqa: SLF001
