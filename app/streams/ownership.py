@@ -84,7 +84,7 @@ class Ownership:
                 continue
             p = key_partition(k, n)
             if p in partitions:
-                self.pareto.put(p, k, self.readmodel.seed(k, p, raw, wall))
+                self.pareto.put(p, k, self.readmodel.seed(k, p, store.load_fields(raw), wall))
         for key, raw in self.nps_tallies.items():
             part, rest = segments.split_partition(_text(key))
             if part in partitions:

@@ -16,9 +16,8 @@ exactly as live traffic does.
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -144,14 +143,13 @@ class ReadModel:
             self._clock.pop(p, None)
             self._newest.pop(p, None)
 
-    def seed(self, key: bytes, partition: int, raw: bytes, wall: datetime) -> float:
-        """Index one stored state without a full parse; returns its trailing revenue.
+    def seed(self, key: bytes, partition: int, d: Mapping[str, Any], wall: datetime) -> float:
+        """Index one stored state from its fields (``store.load_fields``, no full parse);
+        returns its trailing revenue.
 
-        Reads the JSON written by ``CustomerState`` (older states lack the
-        churn fields and get defaults). Its first check is due one day after
-        it was last scored, so a restart spreads the re-scoring out.
+        States written before the churn fields existed get defaults. Its first check is
+        due one day after it was last scored, so a restart spreads the re-scoring out.
         """
-        d: dict[str, Any] = json.loads(raw)
         last = _dt(d.get("last_event_at"))
         # Stream time comes back as the newest time a customer was scored at: that was
         # stream time then (domain.batch.watermark), where a customer's own newest event
@@ -258,7 +256,7 @@ def _rfm_of(state: CustomerState) -> tuple[int, float, float] | None:
             state.last_purchase_at.timestamp())  # fmt: skip
 
 
-def _rfm_seed(d: dict[str, Any]) -> tuple[int, float, float] | None:
+def _rfm_seed(d: Mapping[str, Any]) -> tuple[int, float, float] | None:
     first, last = _dt(d.get("first_purchase_at")), _dt(d.get("last_purchase_at"))
     if first is None or last is None:
         return None

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from faust.types import TP
 
 from app.domain import segments
@@ -41,6 +42,16 @@ def load_state(raw: bytes | None) -> CustomerState | None:
 
 def dump_state(state: CustomerState) -> bytes:
     return state.model_dump_json().encode()
+
+
+def load_fields(raw: bytes) -> dict[str, Any]:
+    """A stored state's JSON fields, unvalidated, for a pass over every customer that reads
+    a few of them (the read model's index after an assignment): at a million customers
+    that pass decides how long a restarted worker takes to be ready, and a full parse
+    costs several times as much. orjson: 6 us against the standard library's 13 for a
+    3 KB state (README, Dependencies)."""
+    fields: dict[str, Any] = orjson.loads(raw)
+    return fields
 
 
 def dump_tally(tally: list[int]) -> bytes:
