@@ -41,6 +41,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
+from faust.types import TP
 
 from app.domain.customer import CustomerState, fold, refresh
 from app.domain.events import decode_event
@@ -48,6 +49,7 @@ from app.errors import InvalidEventError
 from app.local import kafka
 from app.settings import load_settings
 from app.simulate.model import Simulation
+from app.streams import restore
 from app.streams.policy import policy_from
 from bench import report as report_file
 
@@ -312,28 +314,29 @@ def pipeline(
 
 async def changelog_records(bootstrap: str, topic: str) -> tuple[int, int, int]:
     """(records in the log, offset span, distinct keys): the log cleaner removes records
-    from closed segments, so what a restore reads can be fewer than the offsets span."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                max_partition_fetch_bytes=32 * 1024**2)  # fmt: skip
+    from closed segments, so what a restore reads can be fewer than the offsets span.
+    Read with the worker's own bulk restore reader (app/streams/restore.read)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
         parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         ends, starts = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
-        consumer.assign(parts)
-        for tp in parts:
-            consumer.seek(tp, starts[tp])
-        present, keys = 0, set[bytes]()
-        todo = {tp for tp in parts if ends[tp] > starts[tp]}
-        while todo:
-            for batch in (await consumer.getmany(timeout_ms=1000)).values():
-                present += len(batch)
-                keys.update(r.key for r in batch)
-            for tp in list(todo):
-                if await consumer.position(tp) >= ends[tp]:
-                    todo.discard(tp)
-        return present, sum(ends[tp] - starts[tp] for tp in parts), len(keys)
     finally:
         await consumer.stop()
+    spans = {TP(topic, tp.partition): restore.Span(starts[tp], ends[tp])
+             for tp in parts if ends[tp] > starts[tp]}  # fmt: skip
+    present, keys = 0, set[bytes]()
+
+    def count(tp: TP, batch: list[restore.Change]) -> None:
+        nonlocal present
+        present += len(batch)
+        keys.update(c.message.key for c in batch)
+
+    deadline = time.monotonic() + 1800
+    await restore.read({"bootstrap_servers": bootstrap}, spans, count, deadline, 32 * 1024**2)
+    if time.monotonic() >= deadline:
+        raise RuntimeError(f"reading {topic} back took over 1800 s")
+    return present, sum(ends[tp] - starts[tp] for tp in parts), len(keys)
 
 
 def recovery(env: dict[str, str], log: Path, records: int,

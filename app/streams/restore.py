@@ -136,7 +136,7 @@ class BulkRecovery(Recovery):
 
     client_kwargs: Mapping[str, Any] = {}
     fetch_bytes: int = 8 * 1024**2
-    metrics: ServiceMetrics | None = None
+    metrics: ServiceMetrics  # set by table_manager
 
     async def _build_offsets(
         self, consumer: Any, tps: Any, destination: Any, title: str
@@ -162,16 +162,16 @@ class BulkRecovery(Recovery):
         if not spans:
             return
 
-        applied = [0]
+        applied = 0
 
         def apply(tp: TP, batch: list[Change]) -> None:
+            nonlocal applied
             table = tables[tp]
             table.data.apply_changelog_batch(batch, to_key=_keep, to_value=_keep)
             # Where Faust's own recovery starts if this one stops early.
             destination[tp] = batch[-1].message.offset
-            applied[0] += len(batch)
-            if self.metrics is not None:
-                self.metrics.restored_records.labels(table.name).inc(len(batch))
+            applied += len(batch)
+            self.metrics.restored_records.labels(table.name).inc(len(batch))
 
         started = time.monotonic()
         try:
@@ -181,14 +181,13 @@ class BulkRecovery(Recovery):
             # from what was written here.
             self.log.warning("Bulk restore stopped (%r); Faust's recovery reads the rest", exc)
         finally:
-            if self.metrics is not None:
-                self.metrics.restore_seconds.inc(time.monotonic() - started)
+            self.metrics.restore_seconds.inc(time.monotonic() - started)
         reached = {tp: s.start - 1 if destination[tp] is None else destination[tp]
                    for tp, s in spans.items()}  # fmt: skip
         left = sum(self.active_highwaters[tp] - at for tp, at in reached.items())
         self.log.info(
             "Bulk restore: %d records of %d changelog partitions in %.1f s; %d offsets left "
-            "to Faust's recovery", applied[0], len(spans), time.monotonic() - started, left,
+            "to Faust's recovery", applied, len(spans), time.monotonic() - started, left,
         )  # fmt: skip
 
 
