@@ -30,6 +30,7 @@ from app.domain import churn_kpi
 from app.domain.batch import sweep_one
 from app.domain.customer import CustomerState, fold, next_check, refresh
 from app.domain.events import decode_event
+from app.streams import store
 from app.streams.readmodel import ReadModel
 from bench import report
 from bench.churn_eval import machine
@@ -54,7 +55,7 @@ def simulated_states(customers: int) -> tuple[list[bytes], datetime]:
         clock = max(clock, ev.occurred_at)
     for st in states.values():
         refresh(st, policy, clock)
-    return [st.model_dump_json().encode() for st in states.values()], clock
+    return [store.dump_state(st) for st in states.values()], clock
 
 
 def main() -> None:
@@ -71,10 +72,11 @@ def main() -> None:
     gaps = []
     written = 0
     for raw in raws:
-        st = CustomerState.model_validate_json(raw)
+        st = store.load_state(raw)
+        assert st is not None
         _, write = sweep_one(st, policy, later, wall)
         if write:
-            st.model_dump_json()
+            store.dump_state(st)
             written += 1
         due = next_check(st, policy, later)
         gaps.append((due - later).total_seconds() / 86400)
@@ -84,7 +86,7 @@ def main() -> None:
     gc.collect()
     before = rss_mib()
     rm = ReadModel()
-    states = [CustomerState.model_validate_json(r) for r in raws]
+    states = [st for r in raws if (st := store.load_state(r)) is not None]
     t0 = time.perf_counter()
     for i in range(args.customers):
         st = states[i % len(states)]

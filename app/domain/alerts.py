@@ -198,7 +198,7 @@ def _alert(
         churn_risk=state.churn_risk,
         churn_reasons=list(state.churn_reasons),
         open_complaints=state.open_complaints,
-        segment=state.segment,
+        segment=state.segment.contract() if state.segment else None,
         occurred_at=at.astimezone(UTC),
         emitted_at=now.astimezone(UTC),
         sla_due_at=(sla_due or at + SLA).astimezone(UTC),

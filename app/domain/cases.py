@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
 
 from app.errors import InvalidEventError
 
@@ -24,10 +24,8 @@ MAX_CASES = 20  # per customer; the oldest closed cases go first
 CASE_RULES = frozenset({"detractor", "silent", "complaint_reply_overdue"})
 
 
-class Case(BaseModel):
+class Case(msgspec.Struct, kw_only=True):
     """One alert's case, as CRM's actions describe it (actions may arrive out of order)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     alert_id: str
     rule: str
@@ -43,7 +41,7 @@ class Case(BaseModel):
     actor: str | None = None
     escalated: bool = False
     recovered_at: datetime | None = None
-    later_scores: list[int] = Field(default_factory=list)  # low answers added to the case
+    later_scores: list[int] = msgspec.field(default_factory=list)  # low answers added to the case
 
     @property
     def is_open(self) -> bool:

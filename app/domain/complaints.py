@@ -9,16 +9,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+import msgspec
 
 REPLY_STANDARD = timedelta(hours=24)
 Status = Literal["opened", "resolved", "escalated"]
 
 
-class ComplaintRecord(BaseModel):
+class ComplaintRecord(msgspec.Struct, kw_only=True):
     """One complaint as its lifecycle events (possibly out of order) describe it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     complaint_id: str
     category: str

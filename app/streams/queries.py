@@ -13,7 +13,7 @@ from typing import Any
 
 from app.domain import segments
 from app.domain.churn_kpi import Period
-from app.domain.customer import CustomerState, iso, public_view, refresh
+from app.domain.customer import CustomerState, copy_state, iso, public_view, refresh
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from app.streams.churnkpis import ChurnKpis
@@ -91,7 +91,7 @@ class Queries:
             state = self.states.get(row.customer_id.encode())
             if state is None:
                 continue
-            state = state.model_copy(deep=True)  # the cache's copy stays as stored
+            state = copy_state(state)  # the cache's copy stays as stored
             self._to_now(state, self.readmodel.stream_time(row.partition))
             states.append(state)
         states.sort(key=lambda s: (-s.churn_risk, s.customer_id))

@@ -3,7 +3,7 @@
 Everyone else calls these functions; nothing else parses stored bytes.
 
 - ``customer_state_by_customer``: key ``customer_id`` bytes, value the CustomerState
-  JSON (``dump_state``; the versioned model loads data written by older versions), or
+  JSON (``dump_state``; the format the pydantic model wrote, so older data loads), or
   an erasure marker under ``erasure_marker_key`` (see tables.py).
 - ``nps_tally_by_partition``: key ``<partition>|<segment>|<day>`` (segments.tally_key),
   value ``[promoters, passives, detractors, last_offset]`` as JSON.
@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 from faust.types import TP
 
@@ -36,12 +37,20 @@ TALLIES_TABLE = "nps_tally_by_partition"
 Bind = Callable[[int], None]
 
 
+# The state codec: JSON through msgspec. The format is the one the pydantic model wrote
+# (RFC 3339 times, decimals as strings), so states stored before still load; a field a
+# newer version added is ignored, so a rolled-back worker still reads what it finds.
+_STATE_ENCODER = msgspec.json.Encoder(decimal_format="string")
+_STATE_DECODER = msgspec.json.Decoder(CustomerState)
+
+
 def load_state(raw: bytes | None) -> CustomerState | None:
-    return None if raw is None else CustomerState.model_validate_json(raw)
+    """Parse a stored state; bytes that are not a state raise msgspec.ValidationError."""
+    return None if raw is None else _STATE_DECODER.decode(raw)
 
 
 def dump_state(state: CustomerState) -> bytes:
-    return state.model_dump_json().encode()
+    return _STATE_ENCODER.encode(state)
 
 
 def load_fields(raw: bytes) -> dict[str, Any]:

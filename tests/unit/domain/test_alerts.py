@@ -5,6 +5,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from msgspec import to_builtins
 
 from app.domain.alerts import Snapshot, alert_id, evaluate, evaluate_time
 from app.domain.customer import CustomerState, Outcome, Policy, apply, apply_action, refresh
@@ -261,10 +262,10 @@ def test_every_customer_alert_opens_a_case_that_crm_actions_move() -> None:
     again = action(case.alert_id, "resolved", 3, eid="dup")
     assert apply_action(state, again) is Outcome.PROCESSED
     assert apply_action(state, again) is Outcome.DUPLICATE
-    before = state.model_dump()
+    before = to_builtins(state)
     with pytest.raises(InvalidEventError) as info:
         apply_action(state, action("no-such-alert", "contacted", 3))
-    assert info.value.reason == "unknown_alert" and state.model_dump() == before
+    assert info.value.reason == "unknown_alert" and to_builtins(state) == before
 
 
 def test_case_not_contacted_in_time_escalates_once() -> None:
