@@ -24,7 +24,7 @@ from app.domain.events import encode
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from app.streams import store
-from app.streams.churnkpis import ChurnKpis
+from app.streams.churnkpis import ChurnKpis, Pacer
 from app.streams.clock import StreamClock
 from app.streams.delivery import Delivery
 from app.streams.ownership import Ownership
@@ -84,6 +84,7 @@ class BatchProcessor:
             topic_alert_actions=settings.topic_alert_actions,
         )  # fmt: skip
         self.kpis = ChurnKpis(settings, metrics, self.readmodel, summaries)
+        self.kpi_pacer = Pacer()
         self.queries = Queries(settings, metrics, customers, nps_tallies, self.states,
                                self.readmodel, self.ownership, summaries, self.kpis,
                                self.live, self.clock)  # fmt: skip
@@ -245,8 +246,12 @@ class BatchProcessor:
         """
         if not self.ownership.ready():
             return
+        loop = asyncio.get_running_loop()
+        if not self.kpi_pacer.due(loop.time()):
+            return
         owned = set(self.ownership.owned)
-        await asyncio.get_running_loop().run_in_executor(None, self.kpis.recount, owned)
+        took = await loop.run_in_executor(None, self.kpis.recount, owned)
+        self.kpi_pacer.took(loop.time(), took)
         self.kpis.set_gauges(owned)
         if "churn_safety_line" in self.settings.alert_rules:
             alerts = self.kpis.safety_line_alerts(owned, datetime.now(UTC))

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from app.domain.customer import CustomerState, Lapse
 from app.metrics import ServiceMetrics
 from app.settings import load_settings
-from app.streams.churnkpis import ChurnKpis
+from app.streams.churnkpis import ChurnKpis, Pacer
 from app.streams.readmodel import ReadModel
 from app.streams.summaries import Received
 
@@ -67,3 +67,17 @@ def test_safety_line_alert_once_from_partition_0_only_when_every_partition_is_co
     s2.remote.receive(0, json.dumps({"churn": {}}).encode())
     elsewhere.recount({1})
     assert elsewhere.safety_line_alerts({1}, NOW) == [], "only the owner of partition 0 speaks"
+
+
+def test_pacer_keeps_recounts_to_their_share_of_the_time() -> None:
+    pacer = Pacer(share=0.05)
+    assert pacer.due(0.0)
+    pacer.took(10.0, 2.0)  # a recount of 2 CPU-seconds, finished at t = 10 s
+    assert not pacer.due(10.0) and not pacer.due(47.9)
+    assert pacer.due(48.0)  # 2 s of every 40 s: 5%
+
+
+def test_recount_reports_the_cpu_it_took() -> None:
+    kpis, _, _ = kpis_with({0: [customer(f"c{i}", lost=i % 3 == 0) for i in range(300)]})
+    took = kpis.recount({0})
+    assert took > 0 and kpis.local[0]  # counted, and timed
