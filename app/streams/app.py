@@ -10,15 +10,13 @@ from prometheus_client import CollectorRegistry
 
 from app.metrics import ServiceMetrics
 from app.settings import Settings
-from app.streams import restore, store
-from app.streams.consumer import install as install_safe_offsets
+from app.streams import batchpath, restore, store
 from app.streams.processor import BatchProcessor
 from app.streams.summaries import PartitionSummaries
 from app.streams.tables import (
     KeyPartitionedTable,
     PartitionPrefixedTable,
     QuietWorker,
-    hold_back,
 )
 
 _ATTR = "feedback_processor"
@@ -76,7 +74,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             settings.client_kwargs(), settings.fetch_mib * 1024**2, metrics
         ),
     )
-    install_safe_offsets(app)  # before anything creates the transport
+    # Before anything creates the transport. The feed holds up to four batches.
+    feed = batchpath.Feed(settings.input_topics, 4 * settings.batch_size)
+    batchpath.install(app, feed)
     from faust.sensors.prometheus import setup_prometheus_sensors
 
     setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
@@ -114,22 +114,29 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @app.agent(inputs, name="customer_agent")
     async def customer_agent(stream: faust.StreamT[bytes]) -> None:
-        batches = stream.take_events(  # type: ignore[attr-defined]
-            settings.batch_size, within=settings.batch_within
-        )
-        async for events in batches:
+        """Declares the input topics (Faust subscribes to them and tracks their acks);
+        their records reach customer_batches through the feed, never this stream."""
+        async for _ in stream:
+            pass
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def customer_batches() -> None:
+        """Fold, deliver and ack the input records batch by batch (batchpath.py)."""
+        while not app.should_stop:
+            messages = await feed.take(settings.batch_size, settings.batch_within)
             try:
-                await processor.handle(events)
+                await processor.handle(messages)
             except asyncio.CancelledError:
-                hold_back(events)
-                processor.states.clear()
+                processor.states.clear()  # the batch is not acked: read again on restart
                 raise
             except BaseException as exc:
-                # The consumer would carry on past the held-back batch and Faust's
-                # commit allows a one-offset gap: stop, a restart resumes from commits.
-                hold_back(events)
+                # Not acked, but the fetch loop carries on past it and Faust's commit
+                # allows a one-offset gap: stop; a restart resumes from the commits.
                 await app.crash(exc)
                 raise
+            ack = app.consumer.ack
+            for message in messages:
+                ack(message)
 
     @app.task  # type: ignore[untyped-decorator]
     async def warm_producer_metadata() -> None:

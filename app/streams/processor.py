@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.types import Message
 
 from app.domain.batch import BatchResult, Limits, Record, fold_batch
 from app.domain.customer import CustomerState, Policy, next_check
@@ -24,6 +25,7 @@ from app.domain.events import encode
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from app.streams import store
+from app.streams.batchpath import Current
 from app.streams.churnkpis import ChurnKpis, Pacer
 from app.streams.clock import StreamClock
 from app.streams.delivery import Delivery
@@ -101,11 +103,11 @@ class BatchProcessor:
                 await producer.partitions_for(topic)
                 self._known_topics.add(topic)
 
-    async def handle(self, events: Sequence[Any]) -> None:
-        """One batch of Faust events: fold (pure), deliver (ordered), then update the caches.
+    async def handle(self, messages: Sequence[Message]) -> None:
+        """One batch of input records: fold (pure), deliver (ordered), update the caches.
 
-        Faust's ``take_events`` acks the batch after this returns; everything the batch
-        decided has reached the broker by then.
+        The caller acks the batch after this returns (batchpath.py); everything the
+        batch decided has reached the broker by then.
         """
         started = time.perf_counter()
         now = datetime.now(UTC)
@@ -117,16 +119,18 @@ class BatchProcessor:
                 self.summaries.topic,
             ]
         )
-        # One event per input partition: RocksDB stores pick the partition database
-        # from Faust's current event, and a changelog partition is its input partition.
-        by_partition: dict[int, Any] = {}
+        # One record per input partition: RocksDB stores pick the partition database from
+        # Faust's current event (bound to it); a changelog partition is its input partition.
+        by_partition: dict[int, Current] = {}
         records: list[Record] = []
-        for ev in events:
-            msg = ev.message
-            by_partition[msg.partition] = ev
+        for msg in messages:
+            if msg.partition not in by_partition:
+                by_partition[msg.partition] = Current(msg)
             self.clock.processed(msg.topic, msg.partition, msg.offset)
+            headers = msg.headers
+            pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers or ())
             records.append(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                                  msg.timestamp, tuple(msg.headers or ())))  # fmt: skip
+                                  msg.timestamp, pairs))  # fmt: skip
         bind = store.binder(by_partition)
         t0 = time.perf_counter()
         result = fold_batch(records, _View(self, bind, now), self.policy, self.limits, now)
@@ -139,7 +143,7 @@ class BatchProcessor:
         phases.labels("fold").inc(t1 - t0)
         phases.labels("deliver").inc(t2 - t1)
         phases.labels("after").inc(time.perf_counter() - t2)
-        self.metrics.batch_size.observe(len(events))
+        self.metrics.batch_size.observe(len(messages))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _after(self, result: BatchResult, raws: dict[bytes, bytes], now: datetime) -> None:

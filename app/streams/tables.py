@@ -90,20 +90,3 @@ def erasure_marker_key(customer_key: bytes) -> bytes:
 
 def is_marker(key: bytes) -> bool:
     return key.startswith(ERASED_PREFIX)
-
-
-def hold_back(events: Any) -> None:
-    """Keep a batch that was not processed from ever being committed.
-
-    Faust's ``take_events`` acks the batch it yielded in a ``finally``, so a
-    handler that raised or was cancelled (a graceful stop, a crash) would have
-    its unprocessed events committed and lost. A message marked acked is skipped
-    by Faust's ack (``Message.ack`` checks ``acked`` first), so its offset never
-    enters the committable set: the batch is read again after a restart, where
-    event_id de-duplication and the tally watermarks absorb what was done.
-    Touches ``Message.acked``, a public attribute whose meaning
-    tests/unit/streams/test_tables.py pins.
-    """
-    for event in events:
-        event.message.acked = True
-

@@ -1,0 +1,226 @@
+"""The batch path beneath Faust's stream: the feed, the fetch loop's hand-off, and pins of
+the Faust internals app/streams/batchpath.py re-implements or touches."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faust.stores import rocksdb
+from faust.transport import consumer as faust_consumer
+from faust.types import TP, Message
+
+from app.settings import Settings
+from app.streams.app import create_app
+from app.streams.batchpath import BatchConsumer, Current, Feed
+
+INPUT, CHANGELOG = "feedback.surveys.v1", "customer_state_by_customer-changelog"
+
+
+def message(topic: str, offset: int, partition: int = 0) -> Message:
+    return Message(topic=topic, partition=partition, offset=offset, timestamp=0.0,
+                   timestamp_type=0, headers=[], key=b"k", value=b"v", checksum=None,
+                   tp=TP(topic, partition))  # fmt: skip
+
+
+def batch(offsets: range, topic: str = INPUT) -> list[Message]:
+    return [message(topic, o) for o in offsets]
+
+
+def offsets(messages: list[Message]) -> list[int]:
+    return [m.offset for m in messages]
+
+
+# -- the feed ----------------------------------------------------------------------------
+
+
+async def test_take_joins_queued_fetches_in_order() -> None:
+    feed = Feed([INPUT], max_records=100)
+    await feed.put(batch(range(0, 3)))
+    await feed.put(batch(range(3, 5)))
+    taken = await feed.take(max_records=5, within=10.0)  # full: no waiting
+    assert offsets(taken) == [0, 1, 2, 3, 4] and len(feed) == 0
+
+
+async def test_take_stops_at_the_batch_size_splitting_a_fetch() -> None:
+    feed = Feed([INPUT], max_records=100)
+    for start in (0, 3, 6):
+        await feed.put(batch(range(start, start + 3)))
+    assert offsets(await feed.take(max_records=4, within=0.0)) == [0, 1, 2, 3]
+    assert offsets(await feed.take(max_records=4, within=0.0)) == [4, 5, 6, 7]
+    assert offsets(await feed.take(max_records=4, within=0.0)) == [8] and len(feed) == 0
+
+
+async def test_one_large_fetch_comes_out_in_batches() -> None:
+    feed = Feed([INPUT], max_records=10)
+    await feed.put(batch(range(0, 25)))
+    sizes = [len(await feed.take(max_records=10, within=0.0)) for _ in range(3)]
+    assert sizes == [10, 10, 5] and len(feed) == 0
+
+
+async def test_take_waits_up_to_within_for_more_records() -> None:
+    feed = Feed([INPUT], max_records=100)
+    await feed.put(batch(range(0, 2)))
+
+    async def later() -> None:
+        await asyncio.sleep(0.01)
+        await feed.put(batch(range(2, 4)))
+
+    task = asyncio.create_task(later())
+    taken = await feed.take(max_records=10, within=0.3)
+    await task
+    assert offsets(taken) == [0, 1, 2, 3]  # the second fetch came within the window
+
+
+async def test_take_returns_a_partial_batch_once_within_has_passed() -> None:
+    feed = Feed([INPUT], max_records=100)
+    await feed.put(batch(range(0, 2)))
+    taken = await asyncio.wait_for(feed.take(max_records=10, within=0.05), timeout=5.0)
+    assert offsets(taken) == [0, 1]
+
+
+async def test_put_waits_for_room_and_a_take_makes_it() -> None:
+    feed = Feed([INPUT], max_records=4)
+    await feed.put(batch(range(0, 3)))
+    blocked = asyncio.create_task(feed.put(batch(range(3, 6))))
+    await asyncio.sleep(0.01)
+    assert not blocked.done() and len(feed) == 3  # 3 + 3 > 4: back-pressure
+    assert offsets(await feed.take(3, 0.0)) == [0, 1, 2]
+    await asyncio.wait_for(blocked, timeout=5.0)
+    assert len(feed) == 3
+
+
+async def test_a_fetch_larger_than_the_bound_goes_in_alone() -> None:
+    feed = Feed([INPUT], max_records=2)
+    await asyncio.wait_for(feed.put(batch(range(0, 5))), timeout=5.0)
+    assert len(feed) == 5
+
+
+async def test_clear_drops_what_is_queued_and_frees_a_waiting_put() -> None:
+    feed = Feed([INPUT], max_records=3)
+    await feed.put(batch(range(0, 3)))
+    blocked = asyncio.create_task(feed.put(batch(range(3, 5))))
+    await asyncio.sleep(0.01)
+    assert feed.clear() == 3
+    await asyncio.wait_for(blocked, timeout=5.0)
+    assert offsets(await feed.take(10, 0.0)) == [3, 4]
+
+
+# -- the consumer ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def consumer(tmp_path: Path) -> BatchConsumer:
+    """Built in the test's event loop: Faust's services bind their events to it."""
+    app = create_app(Settings(data_dir=tmp_path))
+    made = app.consumer
+    assert isinstance(made, BatchConsumer) and made.feed is not None
+    return made
+
+
+class StopAfterOneFetch:
+    """The Fetcher the loop is given: stopped once the one fetch has been read."""
+
+    def __init__(self) -> None:
+        self._stopped = asyncio.Event()
+
+
+async def drain(consumer: BatchConsumer, fetched: list[Message]) -> list[Message]:
+    """Run the fetch loop over one fetch; returns what reached Faust's per-record callback."""
+    fetcher = StopAfterOneFetch()
+    delivered: list[Message] = []
+
+    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        for m in fetched:
+            yield m.tp, m
+        fetcher._stopped.set()
+
+    async def callback(m: Message) -> None:
+        delivered.append(m)
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer.callback = callback
+    await asyncio.wait_for(consumer._drain_messages(fetcher), timeout=10.0)  # noqa: SLF001
+    return delivered
+
+
+async def test_the_fetch_loop_hands_input_records_to_the_feed_and_tracks_them(
+    consumer: BatchConsumer,
+) -> None:
+    fetched = [message(INPUT, 0), message(CHANGELOG, 7), message(INPUT, 1), message(INPUT, 2, 1)]
+    delivered = await drain(consumer, fetched)
+    assert delivered == [fetched[1]]  # a changelog record still takes Faust's path
+    assert consumer.feed is not None
+    assert await consumer.feed.take(10, 0.0) == [fetched[0], fetched[2], fetched[3]]
+    # tracked, so a rebalance waits for their batch to be acked (Consumer.wait_empty)
+    assert {m.offset for m in consumer.unacked if m.topic == INPUT} == {0, 1, 2}
+    assert consumer._read_offset[TP(INPUT, 0)] == 1  # noqa: SLF001
+    assert consumer._read_offset[TP(INPUT, 1)] == 2  # noqa: SLF001
+
+
+async def test_the_fetch_loop_skips_what_it_read_before(consumer: BatchConsumer) -> None:
+    consumer._read_offset[TP(INPUT, 0)] = 5  # noqa: SLF001
+    await drain(consumer, [message(INPUT, 4), message(INPUT, 6)])
+    assert consumer.feed is not None
+    assert offsets(await consumer.feed.take(10, 0.0)) == [6]
+
+
+async def test_a_stopped_flow_drops_the_fetch(consumer: BatchConsumer) -> None:
+    consumer.stop_flow()
+    await drain(consumer, [message(INPUT, 0)])
+    assert consumer.feed is not None and len(consumer.feed) == 0
+
+
+async def test_stop_flow_drops_what_the_feed_holds(consumer: BatchConsumer) -> None:
+    assert consumer.feed is not None
+    await consumer.feed.put(batch(range(0, 3)))
+    consumer.stop_flow()
+    assert len(consumer.feed) == 0
+
+
+async def test_an_acked_record_becomes_committable(consumer: BatchConsumer) -> None:
+    tp = TP(INPUT, 0)
+    m = message(INPUT, 0)
+    consumer._committed_offset[tp] = 0  # noqa: SLF001
+    consumer.app.topics._acking_topics.add(INPUT)  # noqa: SLF001 - the agent declares it
+    consumer.track_message(m)
+    assert consumer.ack(m) and consumer._acked[tp] == [0]  # noqa: SLF001
+    assert m not in consumer.unacked
+
+
+# -- pins of Faust internals ---------------------------------------------------------------
+
+# sha256 of faust-streaming 0.15.3's Consumer._drain_messages, which BatchConsumer
+# re-implements. If this fails, a Faust upgrade changed the loop: port the change.
+DRAIN_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+
+
+def test_faust_fetch_loop_is_the_one_ported() -> None:
+    source = inspect.getsource(faust_consumer.Consumer._drain_messages)  # noqa: SLF001
+    assert hashlib.sha256(source.encode()).hexdigest() == DRAIN_SHA256
+
+
+def test_faust_internals_the_batch_path_uses() -> None:
+    c = faust_consumer.Consumer
+    for name in ("track_message", "ack", "wait_first", "stop_flow", "_add_gap", "commit"):
+        assert callable(getattr(c, name)), name
+    assert isinstance(faust_consumer.CONSUMER_FETCHING, str)
+    # Dropped records leave the pending set by themselves: a cleared feed cannot make a
+    # rebalance wait for records nobody will ack.
+    init = inspect.getsource(c.__init__)
+    assert "self._unacked_messages = WeakSet()" in init
+    # The RocksDB store picks the partition database from the current event's message.
+    assert "event.message.partition" in inspect.getsource(rocksdb.Store._get)  # noqa: SLF001
+
+
+def test_current_is_what_the_store_reads_and_can_be_weakly_referenced() -> None:
+    m = message(INPUT, 3, partition=5)
+    current = Current(m)
+    ref: Any = weakref.ref(current)
+    assert ref() is current and ref().message.partition == 5
