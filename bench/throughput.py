@@ -540,6 +540,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"Command: `python -m bench.throughput --events {args.events} --customers "
         f"{args.customers}{' --workers ' + str(args.workers) if args.workers > 1 else ''}"
         f"{' --latency-share ' + format(args.latency_share, 'g') if args.latency_share != 0.5 else ''}"
+        f"{' --skip-recovery' if args.skip_recovery else ''}"
+        f"{' --skip-latency' if args.skip_latency else ''}"
         f"{''.join(' --set ' + s for s in args.set)}`"
         f"\n\n{args.events} simulated events, {args.customers} customers, {PARTITIONS} "
         "partitions.\n\n| path | events/s | seconds |\n|---|---|---|\n"
