@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(65_536, ge=256)
     max_future_skew: timedelta = Field(timedelta(hours=1), ge=timedelta(0))
     batch_size: int = Field(5000, ge=1)
-    batch_within: float = Field(0.2, gt=0)
+    batch_within: float = Field(0.01, gt=0)
     commit_interval: float = Field(3.0, gt=0, le=60)
     state_cache_size: int = Field(20_000, ge=0)
     store_memory_mib: int = Field(512, ge=32)

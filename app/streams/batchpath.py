@@ -25,7 +25,8 @@ Guarantees, as on Faust's path:
 - a batch whose processing raised is never acked, so it is never committed.
 
 Private API touched: ``Consumer._drain_messages`` (re-implemented below from
-faust-streaming 0.15.3, with the hand-off in place of the per-record callback),
+faust-streaming 0.15.3, with the hand-off in place of the per-record callback and the
+count-triggered commit in the background),
 ``_read_offset``, ``_add_gap``, ``_commit_every``, ``_n_acked``, ``wait_first``,
 ``suspend_flow``, ``diag`` and ``consumer_stopped_errors``; and Faust's current-event
 context variable, which its RocksDB store reads to pick a partition's database
@@ -132,6 +133,19 @@ class BatchConsumer(SafeOffsetConsumer):
         feed: Feed | None = getattr(self.app, FEED_ATTR, None)
         return feed
 
+    _background_commit: asyncio.Task[bool] | None = None
+
+    def _commit_behind(self) -> None:
+        """Commit after ``broker_commit_every`` acks without stopping the fetch loop.
+
+        Faust's loop awaits that commit, and a commit waits for the one in progress
+        (the commit timer's), which flushes the producer first: under load that held
+        the fetch, and every event behind it, for seconds (the worker log's "Timer
+        commit is overlapping (runtime=10.2)"). The commit timer keeps committing.
+        """
+        if self._background_commit is None or self._background_commit.done():
+            self._background_commit = asyncio.ensure_future(self.commit())
+
     def stop_flow(self) -> None:
         super().stop_flow()
         if self.feed is not None:
@@ -178,7 +192,7 @@ class BatchConsumer(SafeOffsetConsumer):
                             await self._add_gap(tp, r_offset + 1, offset)
                         if commit_every is not None and self._n_acked >= commit_every:
                             self._n_acked = 0
-                            await self.commit()
+                            self._commit_behind()
                         if tp.topic in feed_topics:
                             track(message)
                             handoff.append(message)

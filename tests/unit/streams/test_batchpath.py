@@ -224,3 +224,23 @@ def test_current_is_what_the_store_reads_and_can_be_weakly_referenced() -> None:
     current = Current(m)
     ref: Any = weakref.ref(current)
     assert ref() is current and ref().message.partition == 5
+
+
+async def test_a_count_triggered_commit_does_not_hold_the_fetch_loop(
+    consumer: BatchConsumer,
+) -> None:
+    release = asyncio.Event()
+    commits: list[str] = []
+
+    async def slow_commit(*_: Any, **__: Any) -> bool:
+        commits.append("started")
+        await release.wait()  # a commit in progress (the timer's, flushing the producer)
+        return True
+
+    consumer.commit = slow_commit  # type: ignore[method-assign]
+    consumer._commit_every = 1  # noqa: SLF001
+    consumer._n_acked = 5  # noqa: SLF001
+    await drain(consumer, [message(INPUT, 0), message(INPUT, 1)])  # returns: not held
+    assert consumer.feed is not None and offsets(await consumer.feed.take(10, 0.0)) == [0, 1]
+    assert commits == ["started"]  # one commit at a time, in the background
+    release.set()
