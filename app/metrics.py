@@ -38,6 +38,7 @@ class ServiceMetrics:
     won_back: Counter
     swept: Counter
     sweep_pending: Gauge
+    sweep_due: Gauge
     churn_rate: Gauge
     erasures: Counter
     case_time_to_ack: Histogram
@@ -173,6 +174,11 @@ class ServiceMetrics:
             sweep_pending=Gauge(
                 "feedback_sweep_scheduled_customers",
                 "Customers with a scheduled re-score, this worker",
+                registry=reg,
+            ),  # fmt: skip
+            sweep_due=Gauge(
+                "feedback_sweep_due_customers",
+                "Customers whose re-score is due as of stream time: the sweep's backlog",
                 registry=reg,
             ),  # fmt: skip
             case_time_to_ack=Histogram(

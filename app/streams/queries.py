@@ -154,6 +154,7 @@ class Queries:
         for bucket in RISK_BUCKETS:
             m.customers_by_risk.labels(bucket).set(risks[bucket])
         m.sweep_pending.set(sum(self.readmodel.pending(p) for p in self.ownership.owned))
+        m.sweep_due.set(sum(self.readmodel.due(p) for p in self.ownership.owned))
         ages: Counter[str] = Counter()
         overdue = 0
         for _, (_, _, _, opened, due, contacted), now in self.readmodel.open_cases():

@@ -126,6 +126,18 @@ class ReadModel:
     def pending(self, partition: int) -> int:
         return len(self._heaps.get(partition, []))
 
+    def due(self, partition: int) -> int:
+        """Customers whose next check is at or before the partition's stream time: the
+        sweep's backlog (after stream time jumps, every customer at once). A pass over
+        the schedule: for the sampled gauges, not the batch path."""
+        now = self._clock.get(partition)
+        if now is None:
+            return 0
+        cutoff = now.timestamp()
+        current = self._due
+        return sum(1 for at, key in self._heaps.get(partition, ())
+                   if at <= cutoff and current.get(key) == at)  # fmt: skip
+
     def drop(self, key: bytes) -> None:
         """An erased customer: its row and its schedule go (a heap entry left is skipped)."""
         self.rows.pop(key, None)

@@ -26,3 +26,15 @@ def test_states_from_before_churn_as_of_resume_from_their_newest_event() -> None
     model = ReadModel()
     model.seed(b"c1", 0, store.load_fields(store.dump_state(state)), WALL)
     assert model.stream_time(0) == MAY
+
+
+def test_due_counts_the_sweeps_backlog_as_of_stream_time() -> None:
+    model = ReadModel()
+    for i, due in enumerate((JAN, MAY, MAY, WALL)):
+        model.record(f"c{i}".encode(), 0, CustomerState(customer_id=f"c{i}"), due)
+    assert model.due(0) == 0  # no stream time yet
+    model.advance(0, MAY, WALL)
+    assert model.due(0) == 3  # January and the two in May
+    model.record(b"c1", 0, CustomerState(customer_id="c1"), WALL)  # re-scheduled later
+    assert model.due(0) == 2 and model.pending(0) == 5  # the old heap entry no longer counts
+    assert len(model.take_due(0, 10)) == 2 and model.due(0) == 0
