@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from app.domain.complaints import REPLY_STANDARD, ComplaintRecord
+from app.domain.value import median as _median
 
 DAY = 86400.0
 COMPLAINT_MEMORY = timedelta(days=365)
@@ -300,14 +301,6 @@ def _dropout(p_alive: float) -> float:
 
 def _undropout(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-(x * 16.0 - 8.0)))
-
-
-def _median(values: Sequence[float]) -> float:
-    """statistics.median for plain floats, without its type dispatch (hot path)."""
-    ordered = sorted(values)
-    n = len(ordered)
-    mid = n // 2
-    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _spend_decline(stamps: Sequence[float], purchases: Sequence[tuple[datetime, float]],

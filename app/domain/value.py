@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -70,7 +69,16 @@ def typical_gap_days(times: Sequence[datetime]) -> float | None:
     if len(ordered) < 2:
         return None
     gaps = [(b - a).total_seconds() / 86400 for a, b in zip(ordered, ordered[1:], strict=False)]
-    return float(statistics.median(gaps))
+    return median(gaps)
+
+
+def median(values: Sequence[float]) -> float:
+    """statistics.median for plain floats (the same result), without its type dispatch:
+    it runs for every touched and every swept customer."""
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def cutoffs_from(revenues: Iterable[float], top_share: float) -> RevenueCutoffs:

@@ -1,6 +1,17 @@
-import pytest
+import statistics
+from datetime import UTC, datetime, timedelta
 
-from app.domain.value import RevenueCutoffs, cutoffs_from, cutoffs_from_weighted
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.domain.value import (
+    RevenueCutoffs,
+    cutoffs_from,
+    cutoffs_from_weighted,
+    median,
+    typical_gap_days,
+)
 
 
 @pytest.mark.parametrize("n", [1, 5, 10, 11, 100])
@@ -45,3 +56,18 @@ def test_weighted_cutoffs_match_the_plain_rule(seed: int) -> None:
                rnd.choice([1.0, 1.0, 2.5, 40.0])) for _ in range(rnd.randint(1, 300))]  # fmt: skip
     share = rnd.choice([0.05, 0.2, 0.5])
     assert cutoffs_from_weighted(points, share) == reference_cutoffs(points, share)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), min_size=1, max_size=40))
+def test_median_is_statistics_median(values: list[float]) -> None:
+    assert median(values) == statistics.median(values)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**6), min_size=0, max_size=30))
+def test_typical_gap_is_the_median_gap_of_distinct_times(minutes: list[int]) -> None:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    times = [start + timedelta(minutes=m) for m in minutes]
+    ordered = sorted(set(times))
+    want = (statistics.median([(b - a).total_seconds() / 86400 for a, b in zip(ordered, ordered[1:], strict=False)])
+            if len(ordered) > 1 else None)
+    assert typical_gap_days(times) == want
