@@ -40,27 +40,30 @@ def scraped(
     tmp = tmp_path_factory.mktemp("prom")
     env = worker_env(kafka_broker, unique, tmp / "data", FEEDBACK_HIGH_VALUE_REVENUE="100",
                      FEEDBACK_CHURN_KPI_INTERVAL="2")  # fmt: skip
+    prometheus = _tool("prometheus")  # before a worker is started: a missing tool leaks none
     worker = Worker(env, tmp / "worker.log")
-    worker.start()
-    prom_port = free_port()
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: feedback-worker\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{worker.port}']}}]\n"
-    )
-    log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115
-    prom = subprocess.Popen(
-        [_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    prom: subprocess.Popen[bytes] | None = None
     try:
+        worker.start()
+        prom_port = free_port()
+        config = tmp / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: feedback-worker\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{worker.port}']}}]\n"
+        )
+        log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115
+        prom = subprocess.Popen(
+            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{prom_port}"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
         yield worker, env, f"http://127.0.0.1:{prom_port}"
     finally:
-        prom.terminate()
-        prom.wait(30)
+        if prom is not None:
+            prom.terminate()
+            prom.wait(30)
         worker.stop()
 
 
