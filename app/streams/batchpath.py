@@ -38,12 +38,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Collection
-from typing import Any
+from typing import Any, ClassVar
 
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as driver
 from faust.types import Message
 
-from app.streams.consumer import SafeOffsetConsumer, SafeOffsetTransport
+from app.streams.consumer import SafeOffsetConsumer
 
 FEED_ATTR = "feedback_feed"
 
@@ -220,10 +221,10 @@ class BatchConsumer(SafeOffsetConsumer):
             unset_flag(CONSUMER_FETCHING)
 
 
-class BatchTransport(SafeOffsetTransport):
+class BatchTransport(driver.Transport):
     """Faust's aiokafka transport, creating BatchConsumer."""
 
-    Consumer = BatchConsumer
+    Consumer: ClassVar[Any] = BatchConsumer
 
 
 def install(app: Any, feed: Feed) -> None:

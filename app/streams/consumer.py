@@ -21,13 +21,12 @@ when nothing was committed. Records read twice are absorbed downstream (event_id
 de-duplication, the tally watermarks).
 
 Private API touched: ``Consumer.perform_seek``, ``_new_offset``, ``_committed_offset``,
-``_read_offset``, ``_acked``, ``_acked_index``, ``_gap``, ``_is_changelog_tp``, and
-``App.transport`` (a public setter). tests/unit/streams/test_consumer.py pins them.
+``_read_offset``, ``_acked``, ``_acked_index``, ``_gap`` and ``_is_changelog_tp``.
+tests/unit/streams/test_consumer.py pins them. The worker's transport creates the
+subclass of this consumer in batchpath.py (``App.transport``, a public setter).
 """
 
 from __future__ import annotations
-
-from typing import Any, ClassVar
 
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
@@ -115,14 +114,3 @@ class SafeOffsetConsumer(driver.Consumer):
         acked[: len(run)] = []
         self._acked_index[tp].difference_update(run)
         return offset
-
-
-class SafeOffsetTransport(driver.Transport):
-    """Faust's aiokafka transport, creating SafeOffsetConsumer."""
-
-    Consumer: ClassVar[Any] = SafeOffsetConsumer
-
-
-def install(app: Any) -> None:
-    """Make ``app`` use SafeOffsetConsumer; must run before its consumer is created."""
-    app.transport = SafeOffsetTransport(app.conf.broker_consumer, app)
