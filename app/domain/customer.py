@@ -234,12 +234,7 @@ def fold(state: CustomerState, event: AnyEvent, policy: Policy) -> Outcome:
     if len(state.recent_event_ids) > policy.dedup_event_ids:
         del state.recent_event_ids[: len(state.recent_event_ids) - policy.dedup_event_ids]
     if event.segment is not None:
-        seg = event.segment
-        current = state.segment
-        if current is None or (current.tier, current.region, current.channel,
-                               current.product) != (seg.tier, seg.region, seg.channel,
-                                                    seg.product):  # fmt: skip
-            state.segment = SegmentFacts.of(seg)
+        state.segment = SegmentFacts.of(event.segment)
     if state.last_event_at is None or event.occurred_at > state.last_event_at:
         state.last_event_at = event.occurred_at
     if state.first_seen_at is None or event.occurred_at < state.first_seen_at:

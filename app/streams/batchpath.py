@@ -91,20 +91,19 @@ class Feed:
             self._ready.clear()
             await self._ready.wait()
         batch = self._pop(max_records)
-        if len(batch) < max_records:
-            deadline = asyncio.get_running_loop().time() + within
-            while len(batch) < max_records:
-                if not self._lists:
-                    left = deadline - asyncio.get_running_loop().time()
-                    if left <= 0:
-                        break
-                    self._ready.clear()
-                    try:
-                        await asyncio.wait_for(self._ready.wait(), left)
-                    except TimeoutError:
-                        break
-                    continue
-                batch += self._pop(max_records - len(batch))
+        deadline = asyncio.get_running_loop().time() + within
+        while len(batch) < max_records:
+            if not self._lists:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                self._ready.clear()
+                try:
+                    await asyncio.wait_for(self._ready.wait(), left)
+                except TimeoutError:
+                    break
+                continue
+            batch += self._pop(max_records - len(batch))
         return batch
 
     def _pop(self, limit: int) -> list[Message]:
@@ -115,7 +114,7 @@ class Feed:
             taken, self._lists[0] = head[:limit], head[limit:]
         self._size -= len(taken)
         self._room.set()
-        return list(taken)
+        return taken
 
     def clear(self) -> int:
         """Drop everything queued (never acked, so read again); returns how many."""
