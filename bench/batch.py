@@ -23,12 +23,13 @@ from app.domain.batch import Record, fold_batch
 from app.domain.customer import CustomerState
 from app.settings import load_settings
 from app.simulate.model import Simulation
+from app.streams import store
 from app.streams.delivery import Delivery
 from app.streams.policy import policy_from
 from app.streams.tables import key_partition
 from bench import report
 from bench.throughput import machine
-from tests.unit.streams.batchkit import LIMITS, Metrics, Producer, Table, View, bind
+from tests.unit.streams.batchkit import LIMITS, Metrics, Producer, Table, View
 
 PARTITIONS = 4
 
@@ -62,7 +63,7 @@ async def run(recs: list[Record], batch: int) -> dict[str, Any]:
     view = CachedView(customers, tallies, policy)
     view.parsed = {}
     producer = Producer()
-    delivery = Delivery(producer, customers, tallies, topic_alerts="alerts",
+    delivery = Delivery(producer, store.Rows(customers), store.Rows(tallies), topic_alerts="alerts",
                         topic_deadletter="deadletter", partitions_of=lambda topic: PARTITIONS,
                         metrics=Metrics())  # fmt: skip
     now = datetime.now(UTC)
@@ -72,7 +73,7 @@ async def run(recs: list[Record], batch: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         result = fold_batch(recs[start:start + batch], view, policy, LIMITS, now)
         t1 = time.perf_counter()
-        await delivery.deliver(result, bind)
+        await delivery.deliver(result)
         t2 = time.perf_counter()
         view.clock.update(result.clock)
         view.parsed.update({k: s for k, (_, s) in result.states.items()})

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,12 @@ class Logistic:
             if x:
                 z += w * x
         return z
+
+    @cached_property
+    def in_feature_order(self) -> bool:
+        """The weights are listed in FEATURES order (the shipped model's are): a pass over
+        the features then sums them in the order log_odds does."""
+        return [n for n in FEATURES if n in self.weights] == list(self.weights)
 
 
 @dataclass(frozen=True)
@@ -215,29 +222,35 @@ def features(inp: ChurnInputs, as_of: datetime, rhythm: Rhythm) -> dict[str, flo
     f = dict.fromkeys(FEATURES, 0.0)
     now = as_of.timestamp()
     purchases = inp.purchases
-    stamps = [t.timestamp() for t, _ in purchases]
-    bought = [i for i, (t, a) in enumerate(purchases) if a > 0 and t <= as_of]
-    if not bought:
+    stamps: list[float] = []
+    secs: list[float] = []  # the positive purchases up to as_of, in time order
+    baskets: list[float] = []
+    days = set()
+    for t, a in purchases:
+        stamp = t.timestamp()
+        stamps.append(stamp)
+        if a > 0 and stamp <= now:  # the same test as t <= as_of: microseconds are exact
+            secs.append(stamp)
+            baskets.append(a)
+            days.add(t.date())
+    if not secs:
         f["no_purchase"] = 1.0
         f["dropout"] = _dropout(1.0)
     else:
-        buys = [purchases[i] for i in bought]
-        secs = [stamps[i] for i in bought]  # purchases are kept in time order
         first, last = min(secs), max(secs)
-        x = len({t.date() for t, _ in buys}) - 1
+        x = len(days) - 1
         f["dropout"] = _dropout(rhythm.p_alive(x, (last - first) / DAY, (now - first) / DAY))
-        gaps = [(b - a) / DAY for a, b in zip(secs, secs[1:], strict=False)]
-        gaps = [g for g in gaps if g > 0.5]
+        gaps = [g for a, b in zip(secs, secs[1:], strict=False) if (g := (b - a) / DAY) > 0.5]
         typical = _median(gaps) if gaps else rhythm.mean_gap_days
         since = (now - secs[-1]) / DAY
         f["overdue"] = math.log1p(since / max(typical, 1.0))
         if len(gaps) >= 3:
             earlier = _median(gaps[:-1])
             f["gap_stretch"] = max(0.0, math.log(max(gaps[-1], 1.0) / max(earlier, 1.0)))
-        if len(buys) >= 4:
-            before = _median([a for _, a in buys[:-2]])
+        if len(baskets) >= 4:
+            before = _median(baskets[:-2])
             if before > 0:
-                f["basket_shrink"] = max(0.0, 1.0 - (buys[-1][1] + buys[-2][1]) / 2 / before)
+                f["basket_shrink"] = max(0.0, 1.0 - (baskets[-1] + baskets[-2]) / 2 / before)
         f["spend_decline"] = _spend_decline(stamps, purchases, now)
     scores = inp.scores
     if scores and scores[-1][0] > as_of:
@@ -273,19 +286,39 @@ def assess(inp: ChurnInputs, as_of: datetime, model: ChurnModel) -> Assessment:
     when its features add at least ``reason_min`` to the log-odds.
     """
     f = features(inp, as_of, model.rhythm)
+    churn, gone = model.churn, model.gone
     strength: dict[str, float] = {}
-    for name, x in f.items():
-        w = model.churn.weights.get(name, 0.0)
-        reason = FEATURES[name]
-        if reason is not None and w * x > 0:
-            strength[reason] = strength.get(reason, 0.0) + w * x
-    risk = _sigmoid(model.churn.log_odds(f))
+    if gone is not None and churn.in_feature_order and gone.in_feature_order:
+        # One pass over the few non-zero features; the sums run in the weights' order,
+        # so this is the general path below to the bit.
+        z, z_gone = churn.intercept, gone.intercept
+        weights, weights_gone = churn.weights, gone.weights
+        for name, x in f.items():
+            if not x:
+                continue
+            w = weights.get(name)
+            if w is not None:
+                z += w * x
+                reason = FEATURES[name]
+                if reason is not None and w * x > 0:
+                    strength[reason] = strength.get(reason, 0.0) + w * x
+            w = weights_gone.get(name)
+            if w is not None:
+                z_gone += w * x
+        risk, p_alive = _sigmoid(z), 1.0 - _sigmoid(z_gone)
+    else:
+        for name, x in f.items():
+            part = churn.weights.get(name, 0.0) * x
+            reason = FEATURES[name]
+            if reason is not None and part > 0:
+                strength[reason] = strength.get(reason, 0.0) + part
+        risk = _sigmoid(churn.log_odds(f))
+        if gone is not None:
+            p_alive = 1.0 - _sigmoid(gone.log_odds(f))
+        else:
+            p_alive = 1.0 - _undropout(f["dropout"])
     reasons = sorted((r for r, s in strength.items() if s >= model.reason_min),
                      key=lambda r: (-strength[r], r))  # fmt: skip
-    if model.gone is not None:
-        p_alive = 1.0 - _sigmoid(model.gone.log_odds(f))
-    else:
-        p_alive = 1.0 - _undropout(f["dropout"])
     return Assessment(round(risk, 6), reasons, round(p_alive, 6), as_of)
 
 

@@ -28,9 +28,9 @@ Private API touched: ``Consumer._drain_messages`` (re-implemented below from
 faust-streaming 0.15.3, with the hand-off in place of the per-record callback and the
 count-triggered commit in the background),
 ``_read_offset``, ``_add_gap``, ``_commit_every``, ``_n_acked``, ``wait_first``,
-``suspend_flow``, ``diag`` and ``consumer_stopped_errors``; and Faust's current-event
-context variable, which its RocksDB store reads to pick a partition's database
-(tables.bind_event). tests/unit/streams/test_batchpath.py pins them.
+``suspend_flow``, ``diag`` and ``consumer_stopped_errors``.
+tests/unit/streams/test_batchpath.py pins them. (Tables are read and written beneath
+Faust's store API too, without a current event: store.Rows.)
 """
 
 from __future__ import annotations
@@ -231,11 +231,3 @@ def install(app: Any, feed: Feed) -> None:
     app.transport = BatchTransport(app.conf.broker_consumer, app)
     setattr(app, FEED_ATTR, feed)
 
-
-class Current:
-    """What Faust's RocksDB store reads of its current event: the message (tables.bind_event)."""
-
-    __slots__ = ("message", "__weakref__")
-
-    def __init__(self, message: Message) -> None:
-        self.message = message

@@ -27,7 +27,7 @@ from app.domain.batch import BatchResult, Record
 from app.domain.events import Alert, encode
 from app.errors import InvalidEventError
 from app.streams import store
-from app.streams.store import Bind
+from app.streams.store import Rows
 from app.streams.tables import erasure_marker_key, key_partition
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class Delivery:
     """Produces a BatchResult's records; counts what it sends."""
 
     def __init__(
-        self, producer: Any, customers: Any, tallies: Any, *, topic_alerts: str,
+        self, producer: Any, customers: Rows, tallies: Rows, *, topic_alerts: str,
         topic_deadletter: str, partitions_of: Any, metrics: Any, shadow: bool = False,
     ) -> None:  # fmt: skip
         self.producer = producer
@@ -49,21 +49,20 @@ class Delivery:
         self.metrics = metrics
         self.shadow = shadow
 
-    async def deliver(self, result: BatchResult, bind: Bind) -> dict[bytes, bytes]:
+    async def deliver(self, result: BatchResult) -> dict[bytes, bytes]:
         """Deliver in the order above; returns the stored bytes of each customer written."""
         await self.alerts(result.alerts)
         await store.write(
             self.producer, self.tallies,
             [(k, store.dump_tally(t), store.tally_partition(k)) for k, t in result.tallies.items()],
-            bind,
         )  # fmt: skip
         sends = [await self.dead_letter(rec, exc) for rec, exc in result.dead]
         sends += [await self.reroute(rec, key) for rec, key in result.reroute]
         raws = {key: store.dump_state(state) for key, (_, state) in result.states.items()}
         writes = [(key, raws[key], part) for key, (part, _) in result.states.items()]
-        await store.write(self.producer, self.customers, writes, bind, sends)
+        await store.write(self.producer, self.customers, writes, sends)
         if result.erased:
-            await self.forget(result, bind)
+            await self.forget(result)
         return raws
 
     async def alerts(self, alerts: list[tuple[Alert, float]]) -> None:
@@ -76,7 +75,7 @@ class Delivery:
         ]  # fmt: skip
         await asyncio.gather(*futs)
 
-    async def forget(self, result: BatchResult, bind: Bind) -> None:
+    async def forget(self, result: BatchResult) -> None:
         """Tombstones for the customers' state and alerts, and a marker for each.
 
         The changelog tombstone is what makes it stick: compaction removes the
@@ -92,7 +91,7 @@ class Delivery:
                 writes.append((key, None, part))
         tombstones = [await self.producer.send(self.topic_alerts, key, None, None, None, None)
                       for key in result.erased]  # fmt: skip
-        await store.write(self.producer, self.customers, writes, bind, tombstones)
+        await store.write(self.producer, self.customers, writes, tombstones)
 
     async def dead_letter(self, rec: Record, exc: InvalidEventError) -> Awaitable[Any]:
         """Original key, bytes and headers, plus why and where from, in headers."""

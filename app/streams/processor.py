@@ -25,7 +25,6 @@ from app.domain.events import encode
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from app.streams import store
-from app.streams.batchpath import Current
 from app.streams.churnkpis import ChurnKpis, Pacer
 from app.streams.clock import StreamClock
 from app.streams.delivery import Delivery
@@ -74,9 +73,10 @@ class BatchProcessor:
                                    self.pareto, summaries)  # fmt: skip
         self.clock = StreamClock(app, (settings.topic_surveys, settings.topic_purchases,
                                        settings.topic_complaints), self.readmodel)  # fmt: skip
-        self.states = store.CustomerStore(customers, settings.state_cache_size)
+        self.customer_rows, self.tally_rows = store.Rows(customers), store.Rows(nps_tallies)
+        self.states = store.CustomerStore(self.customer_rows, settings.state_cache_size)
         self.delivery = Delivery(
-            app.producer, customers, nps_tallies, topic_alerts=settings.topic_alerts,
+            app.producer, self.customer_rows, self.tally_rows, topic_alerts=settings.topic_alerts,
             topic_deadletter=settings.topic_deadletter, partitions_of=self._partitions,
             metrics=metrics, shadow=settings.shadow,
         )  # fmt: skip
@@ -119,24 +119,18 @@ class BatchProcessor:
                 self.summaries.topic,
             ]
         )
-        # One record per input partition: RocksDB stores pick the partition database from
-        # Faust's current event (bound to it); a changelog partition is its input partition.
-        by_partition: dict[int, Current] = {}
         records: list[Record] = []
         for msg in messages:
-            if msg.partition not in by_partition:
-                by_partition[msg.partition] = Current(msg)
             self.clock.processed(msg.topic, msg.partition, msg.offset)
             headers = msg.headers
             pairs = tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers or ())
             records.append(Record(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                                   msg.timestamp, pairs))  # fmt: skip
-        bind = store.binder(by_partition)
         t0 = time.perf_counter()
-        result = fold_batch(records, _View(self, bind, now), self.policy, self.limits, now)
+        result = fold_batch(records, _View(self, now), self.policy, self.limits, now)
         t1 = time.perf_counter()
         self.pareto.merge(result.revenues)
-        raws = await self.delivery.deliver(result, bind)
+        raws = await self.delivery.deliver(result)
         t2 = time.perf_counter()
         self._after(result, raws, now)
         phases = self.metrics.batch_phase_seconds
@@ -269,20 +263,17 @@ class BatchProcessor:
 class _View:
     """The stored state a batch folds against (domain.batch.BatchView) for one batch."""
 
-    def __init__(self, proc: BatchProcessor, bind: store.Bind, now: datetime) -> None:
-        self.proc, self.bind, self.now = proc, bind, now
+    def __init__(self, proc: BatchProcessor, now: datetime) -> None:
+        self.proc, self.now = proc, now
 
     def customer(self, key: bytes, partition: int) -> CustomerState | None:
-        self.bind(partition)
-        return self.proc.states.get(key)
+        return self.proc.states.get(key, partition)
 
     def tally(self, key: bytes, partition: int) -> list[int] | None:
-        self.bind(partition)
-        return store.load_tally(self.proc.nps_tallies.data.get(key))
+        return store.load_tally(self.proc.tally_rows.get(key, partition))
 
     def erased_at(self, key: bytes, partition: int) -> datetime | None:
-        self.bind(partition)
-        return self.proc.states.erased_at(key)
+        return self.proc.states.erased_at(key, partition)
 
     def watermark(
         self, partition: int, latest: Mapping[tuple[str, int], datetime]

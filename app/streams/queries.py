@@ -88,7 +88,7 @@ class Queries:
         """
         states = []
         for row in self.readmodel.at_risk(2 * limit, self.ownership.owned_or_all()):
-            state = self.states.get(row.customer_id.encode())
+            state = self.states.get(row.customer_id.encode(), row.partition)
             if state is None:
                 continue
             state = copy_state(state)  # the cache's copy stays as stored

@@ -18,24 +18,23 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 import msgspec
 import orjson
+import rocksdict
+from faust.stores.rocksdb import Store as RocksStore
 from faust.types import TP
 
 from app.domain import segments
 from app.domain.customer import CustomerState
-from app.streams.tables import bind_event, erasure_marker_key
+from app.streams.tables import erasure_marker_key
 
 CUSTOMERS_TABLE = "customer_state_by_customer"
 TALLIES_TABLE = "nps_tally_by_partition"
-
-# partition -> binds Faust's current event so the RocksDB store picks that partition's db
-Bind = Callable[[int], None]
-
 
 # The state codec: JSON through msgspec. The format is the one the pydantic model wrote
 # (RFC 3339 times, decimals as strings), so states stored before still load; a field a
@@ -85,13 +84,62 @@ def load_marker(raw: bytes | None) -> datetime | None:
     return None if raw is None else datetime.fromisoformat(json.loads(raw)["erased_at"])
 
 
-def binder(events_by_partition: dict[int, Any]) -> Bind:
-    """A Bind over one Faust event per input partition of the batch."""
+class Rows:
+    """One table's local rows, read and written by partition beneath Faust's store API.
 
-    def bind(partition: int) -> None:
-        bind_event(events_by_partition[partition])
+    Why beneath it: Faust's RocksDB store picks a partition's database from its current
+    event and writes each key with its own put, so a batch had to bind an event before
+    every read and write (5.7 us a get and 7.6 a set through Faust, against 2.2 and 2.4
+    here, measured on 100,000 keys). Here a batch's changes to one partition are one
+    RocksDB WriteBatch that carries the changelog offset they reached, so the rows and
+    the offset a restart reads from are written together or not at all.
 
-    return bind
+    Private API touched (faust-streaming 0.15, pinned in pyproject.toml and by
+    tests/unit/streams/test_store.py): ``Store._db_for_partition`` and
+    ``Store.offset_key``, which ``persisted_offset`` reads back. Any other store
+    (``memory://``, the unit tests' dicts) is one mapping for every partition and goes
+    through the mapping API.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.changelog = table.changelog_topic.get_topic_name()
+
+    @cached_property
+    def _rocks(self) -> RocksStore | None:
+        """Looked at on first use: Faust builds a table's store when it is first read."""
+        data = self.table.data
+        return data if isinstance(data, RocksStore) else None
+
+    def get(self, key: bytes, partition: int) -> bytes | None:
+        rocks = self._rocks
+        if rocks is not None:
+            raw: bytes | None = rocks._db_for_partition(partition).get(key)
+            return raw
+        got: bytes | None = self.table.data.get(key)
+        return got
+
+    def write(self, partition: int, changes: Sequence[tuple[bytes, bytes | None]],
+              offset: int) -> None:  # fmt: skip
+        """Store ``changes`` (value or None: delete) with the changelog ``offset`` they reached."""
+        rocks = self._rocks
+        if rocks is not None:
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for key, raw in changes:
+                if raw is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, raw)
+            batch.put(rocks.offset_key, str(offset).encode())
+            rocks._db_for_partition(partition).write(batch)
+            return
+        data = self.table.data
+        for key, raw in changes:
+            if raw is None:
+                data.pop(key, None)
+            else:
+                data[key] = raw
+        data.set_persisted_offset(TP(self.changelog, partition), offset)
 
 
 class CustomerStore:
@@ -104,13 +152,13 @@ class CustomerStore:
     the stored ones, and figures as of now are recomputed wherever they are read.)
     """
 
-    def __init__(self, table: Any, cache_size: int) -> None:
-        self.table = table
+    def __init__(self, rows: Rows, cache_size: int) -> None:
+        self.rows = rows
         self.cache_size = cache_size
         self._cache: OrderedDict[bytes, tuple[bytes, CustomerState]] = OrderedDict()
 
-    def get(self, key: bytes) -> CustomerState | None:
-        raw = self.table.data.get(key)
+    def get(self, key: bytes, partition: int) -> CustomerState | None:
+        raw = self.rows.get(key, partition)
         if raw is None:
             return None
         hit = self._cache.get(key)
@@ -119,8 +167,8 @@ class CustomerStore:
             return hit[1]
         return load_state(raw)
 
-    def erased_at(self, key: bytes) -> datetime | None:
-        return load_marker(self.table.data.get(erasure_marker_key(key)))
+    def erased_at(self, key: bytes, partition: int) -> datetime | None:
+        return load_marker(self.rows.get(erasure_marker_key(key), partition))
 
     def remember(self, key: bytes, raw: bytes, state: CustomerState) -> None:
         self._cache[key] = (raw, state)
@@ -138,29 +186,25 @@ class CustomerStore:
 
 
 async def write(
-    producer: Any, table: Any, records: Sequence[tuple[bytes, bytes | None, int]], bind: Bind,
+    producer: Any, rows: Rows, records: Sequence[tuple[bytes, bytes | None, int]],
     also: Sequence[Awaitable[Any]] = (),
 ) -> None:  # fmt: skip
     """Deliver (key, value or tombstone, partition) records to the changelog, then store them.
 
     ``also`` (dead letters, re-routed records) is awaited with the changelog sends: all
-    of it reaches the broker before the batch is acknowledged.
+    of it reaches the broker before the batch is acknowledged. The local store is
+    written only then, one batch per partition with the offset its changelog reached.
     """
-    changelog = table.changelog_topic.get_topic_name()
     futs: list[Any] = [
-        await producer.send(changelog, key, raw, part, None, None) for key, raw, part in records
+        await producer.send(rows.changelog, key, raw, part, None, None)
+        for key, raw, part in records
     ]
     if futs or also:
         await asyncio.gather(*futs, *also)
-    store = table.data
+    changes: dict[int, list[tuple[bytes, bytes | None]]] = {}
     last: dict[int, int] = {}
     for (key, raw, part), fut in zip(records, futs, strict=True):
-        bind(part)
-        if raw is None:
-            store.pop(key, None)
-        else:
-            store[key] = raw
+        changes.setdefault(part, []).append((key, raw))
         last[part] = max(last.get(part, -1), fut.result().offset)
-    for part, offset in last.items():
-        # Where the local store is up to date: a restart reads only the tail.
-        store.set_persisted_offset(TP(changelog, part), offset)
+    for part, batch in changes.items():
+        rows.write(part, batch, last[part])

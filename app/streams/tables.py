@@ -10,12 +10,10 @@ keyed by customer_id on the co-partitioned input topics.
 from __future__ import annotations
 
 import hashlib
-import weakref
 from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
-from faust.streams import _current_event
 
 from app.streams import collector
 
@@ -34,16 +32,6 @@ class KeyPartitionedTable(faust.Table[Any, Any]):
 
 def _as_bytes(key: Any) -> bytes:
     return key if isinstance(key, bytes) else str(key).encode()
-
-
-def bind_event(event: Any) -> None:
-    """Make ``event`` Faust's current event for the table reads and writes that follow.
-
-    Faust's RocksDB store picks the partition database from the current event;
-    a batch reads and writes each key under the event that brought it, whose
-    partition is the key's own (checked before by the processor).
-    """
-    _current_event.set(weakref.ref(event))
 
 
 class QuietWorker(faust.Worker):

@@ -268,3 +268,30 @@ def test_model_file_round_trips_and_rejects_unknown_features() -> None:
     bad["churn"]["weights"]["shoe_size"] = 1.0
     with pytest.raises(ValueError, match="shoe_size"):
         ChurnModel.from_dict(bad)
+
+
+def test_one_pass_scoring_equals_log_odds_whatever_order_the_weights_are_listed_in() -> None:
+    """assess sums the features in one pass when the weights are in FEATURES order (the
+    shipped model's are); a model file listing them otherwise takes log_odds' path."""
+    shipped = load_model()
+    assert shipped.gone is not None
+    assert shipped.churn.in_feature_order and shipped.gone.in_feature_order
+    data: dict[str, Any] = shipped.to_dict()
+    for part in ("churn", "gone"):
+        data[part]["weights"] = dict(reversed(list(data[part]["weights"].items())))
+    listed_otherwise = ChurnModel.from_dict(data)
+    assert listed_otherwise.gone is not None and not listed_otherwise.churn.in_feature_order
+    rng = random.Random(7)
+    for _ in range(300):
+        days = [rng.uniform(0, 400) for _ in range(rng.randint(0, 8))]
+        scores = [(NOW - timedelta(days=rng.uniform(0, 200)), rng.randint(0, 10))
+                  for _ in range(rng.randint(0, 2))]  # fmt: skip
+        inp = ChurnInputs(buys(days, rng.uniform(-20, 300)), sorted(scores),
+                          [complaint(rng.choice(["minor", "major"]), 0, None)] * rng.randint(0, 1))  # fmt: skip
+        fast, general = assess(inp, NOW, shipped), assess(inp, NOW, listed_otherwise)
+        f = features(inp, NOW, shipped.rhythm)
+        z = shipped.churn.log_odds(f)
+        assert fast.risk == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-6)
+        assert fast.risk == pytest.approx(general.risk, abs=1.1e-6)
+        assert fast.p_alive == pytest.approx(general.p_alive, abs=1.1e-6)
+        assert fast.reasons == general.reasons

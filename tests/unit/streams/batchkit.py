@@ -183,7 +183,3 @@ class View:
     def repolicy(self, revenues: dict[int, dict[bytes, float]]) -> Policy:
         self.repolicies += 1
         return self.pol
-
-
-def bind(partition: int) -> None:
-    """The fake stores hold every partition in one dict: nothing to bind."""

@@ -6,19 +6,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faust.stores import rocksdb
 from faust.transport import consumer as faust_consumer
 from faust.types import TP, Message
 
 from app.settings import Settings
 from app.streams.app import create_app
-from app.streams.batchpath import BatchConsumer, Current, Feed
+from app.streams.batchpath import BatchConsumer, Feed
 
 INPUT, CHANGELOG = "feedback.surveys.v1", "customer_state_by_customer-changelog"
 
@@ -215,15 +213,6 @@ def test_faust_internals_the_batch_path_uses() -> None:
     # rebalance wait for records nobody will ack.
     init = inspect.getsource(c.__init__)
     assert "self._unacked_messages = WeakSet()" in init
-    # The RocksDB store picks the partition database from the current event's message.
-    assert "event.message.partition" in inspect.getsource(rocksdb.Store._get)  # noqa: SLF001
-
-
-def test_current_is_what_the_store_reads_and_can_be_weakly_referenced() -> None:
-    m = message(INPUT, 3, partition=5)
-    current = Current(m)
-    ref: Any = weakref.ref(current)
-    assert ref() is current and ref().message.partition == 5
 
 
 async def test_a_count_triggered_commit_does_not_hold_the_fetch_loop(

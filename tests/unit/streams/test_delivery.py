@@ -22,7 +22,6 @@ from tests.unit.streams.batchkit import (
     SendFailedError,
     Table,
     View,
-    bind,
     policy,
     records,
 )
@@ -44,7 +43,7 @@ class World:
         self.customers, self.tallies = Table("customers"), Table("tallies")
 
     def delivery(self, producer: Producer) -> Delivery:
-        return Delivery(producer, self.customers, self.tallies, topic_alerts=ALERTS,
+        return Delivery(producer, store.Rows(self.customers), store.Rows(self.tallies), topic_alerts=ALERTS,
                         topic_deadletter=DEAD, partitions_of=lambda topic: 4,
                         metrics=Metrics())  # fmt: skip
 
@@ -53,7 +52,7 @@ class World:
         return fold_batch([BAD, *records(EVENTS)], view, policy(), LIMITS, NOW)
 
     def run(self, producer: Producer) -> None:
-        asyncio.run(self.delivery(producer).deliver(self.fold(), bind))
+        asyncio.run(self.delivery(producer).deliver(self.fold()))
 
     def restore(self, producer: Producer) -> None:
         for table in (self.customers, self.tallies):
@@ -133,7 +132,7 @@ def test_an_erasure_tombstones_the_state_and_the_alert_key() -> None:
     view = View(world.customers, world.tallies, policy())
     result = fold_batch([Record(ERASURE, part, 0, b"c1", encode(request), 0.0)], view,
                         policy(), LIMITS, NOW)  # fmt: skip
-    asyncio.run(world.delivery(producer).deliver(result, bind))
+    asyncio.run(world.delivery(producer).deliver(result))
     assert b"c1" not in world.customers.data
     assert b"c1" not in producer.changelog("customers-changelog")
     assert (ALERTS, b"c1", None, None) in producer.sent
