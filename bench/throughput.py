@@ -294,6 +294,9 @@ def pipeline(
         cpu = sum(w.cpu_s() for w in workers) - sum(cpu0)
         # Time inside the batch handler (our code) versus Faust's machinery around it.
         handler_s = sum(w.metric("feedback_batch_processing_seconds_sum") for w in workers)
+        phases = {phase: round(sum(w.metric(f'feedback_batch_phase_seconds_total{{phase="{phase}"}}')
+                                   for w in workers), 3)
+                  for phase in ("fold", "deliver", "after")}  # fmt: skip
         # Work beside the events: customers re-scored as stream time moved, alerts sent.
         swept = sum(w.metric("feedback_sweep_rescored_total") for w in workers)
         alerts = sum(w.metric("feedback_alerts_total") for w in workers)
@@ -309,7 +312,8 @@ def pipeline(
             "worker_cpu_us_per_event": round(cpu / max(1.0, count - c0) * 1e6),
             "worker_cpu_busy": round(cpu / elapsed / len(workers), 2),
             "worker_rss_mib": max(rss), "worker_rss_mib_each": rss,
-            "batch_handler_seconds": round(handler_s, 3), "swept_customers": swept,
+            "batch_handler_seconds": round(handler_s, 3), "batch_phase_seconds": phases,
+            "swept_customers": swept,
             "alerts": alerts, "alerts_by_rule_first_worker": by_rule, "then": after}  # fmt: skip
 
 
@@ -571,7 +575,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         + "".join(f"| {name} | {r['events_per_s']} | {r['seconds']} |\n" for name, r in rows)
         + f"\nPipeline / decode+validate floor: {result['ratio_pipeline_to_decode_floor']}. "
         f"Worker RSS at the end: {full['worker_rss_mib']} MiB. Time in the batch handler: "
-        f"{full['batch_handler_seconds']} s of {full['seconds']} s. Worker CPU: "
+        f"{full['batch_handler_seconds']} s of {full['seconds']} s (fold, deliver, after: "
+        f"{', '.join(str(v) for v in full.get('batch_phase_seconds', {}).values())} s). Worker CPU: "
         f"{full['worker_cpu_us_per_event']} us per event, busy {full['worker_cpu_busy']} of "
         f"the time. Besides the events it "
         f"re-scored {int(full['swept_customers'])} customers as stream time moved (the sweep) "

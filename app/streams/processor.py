@@ -31,6 +31,7 @@ from app.streams.delivery import Delivery
 from app.streams.ownership import Ownership
 from app.streams.pareto import ParetoMirror
 from app.streams.policy import LivePolicy
+from app.streams.producer import BatchingProducer
 from app.streams.queries import Queries
 from app.streams.readmodel import ReadModel
 from app.streams.summaries import PartitionSummaries
@@ -76,8 +77,9 @@ class BatchProcessor:
         self.customer_rows, self.tally_rows = store.Rows(customers), store.Rows(nps_tallies)
         self.states = store.CustomerStore(self.customer_rows, settings.state_cache_size)
         self.delivery = Delivery(
-            app.producer, self.customer_rows, self.tally_rows, topic_alerts=settings.topic_alerts,
-            topic_deadletter=settings.topic_deadletter, partitions_of=self._partitions,
+            BatchingProducer(app.producer), self.customer_rows, self.tally_rows,
+            topic_alerts=settings.topic_alerts, topic_deadletter=settings.topic_deadletter,
+            partitions_of=self._partitions,
             metrics=metrics, shadow=settings.shadow,
         )  # fmt: skip
         self.limits = Limits(

@@ -191,20 +191,20 @@ async def write(
 ) -> None:  # fmt: skip
     """Deliver (key, value or tombstone, partition) records to the changelog, then store them.
 
-    ``also`` (dead letters, re-routed records) is awaited with the changelog sends: all
-    of it reaches the broker before the batch is acknowledged. The local store is
-    written only then, one batch per partition with the offset its changelog reached.
+    ``producer.send_records`` (producer.BatchingProducer) sends a partition's records in
+    order and gives each batch's future with its record count. ``also`` (dead letters,
+    re-routed records) is awaited with the changelog sends: all of it reaches the
+    broker before the batch is acknowledged. The local store is written only then, one
+    batch per partition with the offset its changelog reached.
     """
-    futs: list[Any] = [
-        await producer.send(rows.changelog, key, raw, part, None, None)
-        for key, raw, part in records
-    ]
+    changes: dict[int, list[tuple[bytes, bytes | None]]] = {}
+    for key, raw, part in records:
+        changes.setdefault(part, []).append((key, raw))
+    sent = {part: await producer.send_records(rows.changelog, part, batch)
+            for part, batch in changes.items()}  # fmt: skip
+    futs = [fut for batches in sent.values() for fut, _ in batches]
     if futs or also:
         await asyncio.gather(*futs, *also)
-    changes: dict[int, list[tuple[bytes, bytes | None]]] = {}
-    last: dict[int, int] = {}
-    for (key, raw, part), fut in zip(records, futs, strict=True):
-        changes.setdefault(part, []).append((key, raw))
-        last[part] = max(last.get(part, -1), fut.result().offset)
     for part, batch in changes.items():
-        rows.write(part, batch, last[part])
+        last, count = sent[part][-1]
+        rows.write(part, batch, last.result().offset + count - 1)

@@ -9,6 +9,7 @@ keyed by customer_id on the co-partitioned input topics.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
@@ -18,8 +19,14 @@ from aiokafka.partitioner import murmur2
 from app.streams import collector
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def key_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partition for a key (Java client compatible)."""
+    """Kafka's default partition for a key (Java client compatible).
+
+    Cached: every input record is checked against it, aiokafka's murmur2 is pure Python
+    (about 4.5 us for a customer id) and a customer's events keep coming back; 131,072
+    keys hold about 20 MiB.
+    """
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 

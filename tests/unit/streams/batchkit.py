@@ -105,6 +105,12 @@ class Producer:
         fut.set_result(Metadata(topic, part, off))
         return fut
 
+    async def send_records(self, topic: str, partition: int,
+                           records: list[tuple[bytes, bytes | None]]) -> list[tuple[Any, int]]:  # fmt: skip
+        """As producer.BatchingProducer: in order, one record per batch here."""
+        return [(await self.send(topic, key, value, partition, None, None), 1)
+                for key, value in records]  # fmt: skip
+
     def changelog(self, topic: str) -> dict[bytes, bytes]:
         """The compacted changelog: the last value per key, tombstones removing it."""
         out: dict[bytes, bytes] = {}
