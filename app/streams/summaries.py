@@ -19,13 +19,20 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
-MAX_REVENUE_POINTS = 20_000
+# Revenue points per partition summary. Above this many customers every k-th revenue
+# (in order) stands for k: the Pareto cutoff read from it is off by at most k ranks
+# per partition (6 at 100,000 customers over 8 partitions, against 2,500 customers in
+# the top 20% of each). A bigger summary costs every worker its JSON every couple of
+# seconds: at 20,000 points a busy worker at 100,000 customers spent about a tenth of
+# its samples (py-spy) building and dumping its summaries.
+MAX_REVENUE_POINTS = 2_000
 
 
 def summary_topic(settings: Settings) -> str:
@@ -110,7 +117,7 @@ class PartitionSummaries:
 
     async def publish(self, producer: Any, partition: int, summary: dict[str, Any]) -> None:
         """Publish one owned partition's summary when it changed."""
-        body = json.dumps(summary, sort_keys=True)
+        body = orjson.dumps(summary, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
         if self._published.get(partition) == body:
             return
         # The same JSON with the publish time added as the last field (dumped once).

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
-from app.streams.summaries import Received, weighted
+from app.domain.value import cutoffs_of
+from app.streams.summaries import MAX_REVENUE_POINTS, Received, weighted
 
 
 def test_only_the_summaries_of_partitions_not_owned_are_decoded() -> None:
@@ -22,16 +24,30 @@ def test_only_the_summaries_of_partitions_not_owned_are_decoded() -> None:
         received.others(set())
 
 
-@pytest.mark.parametrize("n", [0, 1, 7, 20_000, 20_001, 55_555])
+@pytest.mark.parametrize("n", [0, 1, 7, MAX_REVENUE_POINTS, MAX_REVENUE_POINTS + 1, 55_555])
 def test_weighted_points_keep_every_value_or_every_kth_with_weight_k(n: int) -> None:
     rnd = random.Random(n)
     values = [rnd.uniform(-50, 5000) for _ in range(n)]
     points = weighted(values)
     ordered = sorted(values, reverse=True)
-    if n <= 20_000:
+    limit = MAX_REVENUE_POINTS
+    if n <= limit:
         assert points == [[round(v, 2), 1] for v in ordered]
     else:
-        step = n / 20_000
-        assert len(points) == 20_000 and all(w == step for _, w in points)
-        assert [v for v, _ in points] == [round(ordered[int(i * step)], 2) for i in range(20_000)]
+        step = n / limit
+        assert len(points) == limit and all(w == step for _, w in points)
+        assert [v for v, _ in points] == [round(ordered[int(i * step)], 2) for i in range(limit)]
         assert sum(w for _, w in points) == pytest.approx(n)
+
+
+def test_a_cutoff_read_from_sampled_points_is_within_one_step_of_ranks() -> None:
+    """What another worker computes from a partition's summary above MAX_REVENUE_POINTS."""
+    rnd = random.Random(3)
+    values = [round(rnd.lognormvariate(5, 1.2), 2) for _ in range(12_500)]
+    points = weighted(values)
+    exact = cutoffs_of(np.array(values), np.ones(len(values)), 0.2)
+    sampled = cutoffs_of(np.array([v for v, _ in points]), np.array([w for _, w in points]), 0.2)
+    assert exact.a is not None and sampled.a is not None
+    lo, hi = sorted((exact.a, sampled.a))
+    between = sum(1 for v in values if lo < v <= hi)
+    assert between <= len(values) / MAX_REVENUE_POINTS
