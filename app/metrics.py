@@ -37,6 +37,7 @@ class ServiceMetrics:
     lapses: Counter
     won_back: Counter
     swept: Counter
+    partitions_indexed: Counter
     sweep_pending: Gauge
     sweep_due: Gauge
     churn_rate: Gauge
@@ -169,6 +170,12 @@ class ServiceMetrics:
             swept=Counter(
                 "feedback_sweep_rescored",
                 "Customers re-scored because stream time moved on (not because of an event)",
+                registry=reg,
+            ),  # fmt: skip
+            partitions_indexed=Counter(
+                "feedback_partitions_indexed",
+                "Input partitions whose customers were indexed (read model, revenue mirror) "
+                "after an assignment: one per partition per rebalance that moved it here",
                 registry=reg,
             ),  # fmt: skip
             sweep_pending=Gauge(

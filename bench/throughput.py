@@ -198,15 +198,20 @@ def metric_sum(port: int, names: tuple[str, ...]) -> float:
                if line.startswith(names))  # fmt: skip
 
 
-def alerts_by_rule(port: int) -> dict[str, int]:
+def by_label(port: int, metric: str, label: str) -> dict[str, int]:
+    """A counter's samples summed per value of one label."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     out: dict[str, int] = {}
     for line in text.splitlines():
-        if line.startswith("feedback_alerts_total{"):
-            rule = line.split('rule="', 1)[1].split('"', 1)[0]
-            out[rule] = out.get(rule, 0) + int(float(line.rsplit(" ", 1)[1]))
+        if line.startswith(metric + "{") and f'{label}="' in line:
+            value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+            out[value] = out.get(value, 0) + int(float(line.rsplit(" ", 1)[1]))
     return out
+
+
+def alerts_by_rule(port: int) -> dict[str, int]:
+    return by_label(port, "feedback_alerts_total", "rule")
 
 
 def worker_env(bootstrap: str, topics: dict[str, str], data: Path,
@@ -301,6 +306,13 @@ def pipeline(
         swept = sum(w.metric("feedback_sweep_rescored_total") for w in workers)
         alerts = sum(w.metric("feedback_alerts_total") for w in workers)
         by_rule = alerts_by_rule(workers[0].port)
+        # A duplicate is an event read again (after a rebalance or a restart): it counts
+        # towards the events but does no work, so the outcomes say how many there were.
+        outcomes: dict[str, int] = {}
+        for w in workers:
+            for k, v in by_label(w.port, "feedback_events_total", "outcome").items():
+                outcomes[k] = outcomes.get(k, 0) + v
+        indexed = sum(w.metric("feedback_partitions_indexed_total") for w in workers)
         rss = [w.rss_mib() for w in workers]
         rate = (count - c0) / elapsed
         after = then(workers[0], rate) if then is not None else None
@@ -314,7 +326,8 @@ def pipeline(
             "worker_rss_mib": max(rss), "worker_rss_mib_each": rss,
             "batch_handler_seconds": round(handler_s, 3), "batch_phase_seconds": phases,
             "swept_customers": swept,
-            "alerts": alerts, "alerts_by_rule_first_worker": by_rule, "then": after}  # fmt: skip
+            "alerts": alerts, "alerts_by_rule_first_worker": by_rule,
+            "events_by_outcome": outcomes, "partitions_indexed": indexed, "then": after}  # fmt: skip
 
 
 async def changelog_records(bootstrap: str, topic: str) -> tuple[int, int, int]:
@@ -580,7 +593,9 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"{full['worker_cpu_us_per_event']} us per event, busy {full['worker_cpu_busy']} of "
         f"the time. Besides the events it "
         f"re-scored {int(full['swept_customers'])} customers as stream time moved (the sweep) "
-        f"and sent {int(full['alerts'])} alerts ({full['alerts_by_rule_first_worker']}).\n"
+        f"and sent {int(full['alerts'])} alerts ({full['alerts_by_rule_first_worker']}). "
+        f"Events by outcome: {full.get('events_by_outcome')}; partitions indexed (once per "
+        f"partition per assignment that brought it): {full.get('partitions_indexed')}.\n"
     )  # fmt: skip
     if "recovery_empty_state_dir" in result:
         md += ("\n| recovery after SIGKILL | to assignment s | assignment to ready s | "

@@ -9,7 +9,7 @@ have been away and back, changed by another worker meanwhile.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -29,8 +29,12 @@ class Ownership:
 
     def __init__(self, settings: Settings, customers: Any, nps_tallies: Any,
                  readmodel: ReadModel, pareto: ParetoMirror,
-                 summaries: PartitionSummaries) -> None:  # fmt: skip
+                 summaries: PartitionSummaries,
+                 on_indexed: Callable[[int], None] | None = None) -> None:  # fmt: skip
         self.settings = settings
+        self.on_indexed = on_indexed  # told how many partitions each indexing pass covered
+        # The summaries timer and the batch path both sync: one pass at a time.
+        self._syncing = asyncio.Lock()
         self.customers = customers
         self.nps_tallies = nps_tallies
         self.readmodel = readmodel
@@ -47,6 +51,12 @@ class Ownership:
         """Rebuild the mirrors when the assignment changed; True once they match ``owned``."""
         if owned == self.owned and generation == self._generation and recovered:
             return True
+        async with self._syncing:
+            return await self._sync(owned, generation, recovered)
+
+    async def _sync(self, owned: set[int], generation: int, recovered: bool) -> bool:
+        if owned == self.owned and generation == self._generation and recovered:
+            return True  # the other caller did it while this one waited
         self.summaries.forget(self.owned - owned)
         self.pareto.keep_only(())
         self.tallies.clear()
@@ -91,6 +101,8 @@ class Ownership:
                 self.tallies.setdefault(part, {})[rest] = store.load_tally(raw) or []
         self.seeded |= partitions
         self.pareto.dirty = True
+        if self.on_indexed is not None:
+            self.on_indexed(len(partitions))
 
     def put_tallies(self, tallies: Mapping[bytes, list[int]]) -> None:
         """A batch's written tallies into the mirror."""

@@ -71,7 +71,8 @@ class BatchProcessor:
         self.pareto = ParetoMirror()
         self.readmodel = ReadModel()
         self.ownership = Ownership(settings, customers, nps_tallies, self.readmodel,
-                                   self.pareto, summaries)  # fmt: skip
+                                   self.pareto, summaries,
+                                   metrics.partitions_indexed.inc)  # fmt: skip
         self.clock = StreamClock(app, (settings.topic_surveys, settings.topic_purchases,
                                        settings.topic_complaints), self.readmodel)  # fmt: skip
         self.customer_rows, self.tally_rows = store.Rows(customers), store.Rows(nps_tallies)
@@ -112,6 +113,8 @@ class BatchProcessor:
         batch decided has reached the broker by then.
         """
         started = time.perf_counter()
+        if not all(self.ownership.indexed(m.partition) for m in messages):
+            await self.index()
         now = datetime.now(UTC)
         await self.ensure_metadata(
             [
@@ -203,20 +206,33 @@ class BatchProcessor:
     def repolicy(self, revenues: dict[int, dict[bytes, float]]) -> Policy:
         """The policy after a batch's revenue changes (new Pareto boundaries if they moved)."""
         self.pareto.merge(revenues)
-        if not self.pareto.dirty:
+        if not self.pareto.dirty or not self.ownership.ready():
+            # Not indexed yet (an assignment in progress): the mirror is partial, and a
+            # boundary cut from it would make most customers high value.
             return self.policy
         return self.live.recut(self.pareto, self.ownership.owned, self.summaries.remote)
 
     # -- periodic jobs ---------------------------------------------------------------
 
-    async def share_summaries(self) -> None:
-        """Publish a summary of each owned partition; recompute the Pareto boundary."""
+    async def index(self) -> bool:
+        """Match the read side (read model, sweep schedule, revenue mirror) to the assignment.
+
+        Before a batch of a partition not indexed yet, as well as on the summaries timer: a
+        batch folded against a partial revenue mirror (after a restart or a rebalance,
+        before the timer's pass) cut the Pareto boundary from the few customers the mirror
+        held and made most of the batch's customers high value. True once every owned
+        partition is indexed.
+        """
         owned = {tp.partition for tp in self.app.assignor.assigned_actives()
                  if tp.topic in self.settings.input_topics}  # fmt: skip
         recovered = self.app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
-        generation = self.app.consumer_generation_id
-        if not await self.ownership.sync(owned, generation, recovered):
+        return await self.ownership.sync(owned, self.app.consumer_generation_id, recovered)
+
+    async def share_summaries(self) -> None:
+        """Publish a summary of each owned partition; recompute the Pareto boundary."""
+        if not await self.index():
             return
+        owned = set(self.ownership.owned)
         wall = datetime.now(UTC)
         for p in owned:
             # Stream time moves once the topics that held it back are read, batch or not.

@@ -44,12 +44,20 @@ class BatchingProducer:
         batch, n = producer.create_batch(), 0
         for key, value in records:
             if batch.append(key=key, value=value, timestamp=None) is None:
-                sent.append((await producer.send_batch(batch, topic, partition=partition), n))
+                sent.append((await self._send(producer, batch, topic, partition), n))
                 batch, n = producer.create_batch(), 0
                 # An empty batch takes any record (aiokafka lets a first record exceed
                 # the batch size; the broker's limit still applies).
                 batch.append(key=key, value=value, timestamp=None)
             n += 1
         if n:
-            sent.append((await producer.send_batch(batch, topic, partition=partition), n))
+            sent.append((await self._send(producer, batch, topic, partition), n))
         return sent
+
+    @staticmethod
+    async def _send(producer: Any, batch: Any, topic: str, partition: int) -> Any:
+        """Close the batch, then queue it: nothing else is appended to it (a ``send`` to the
+        same partition could be, while it is open), and a closed batch does not wait out
+        the producer's linger (aiokafka's ``MessageBatch.remaining_linger``): it is whole."""
+        batch.close()
+        return await producer.send_batch(batch, topic, partition=partition)

@@ -113,3 +113,18 @@ def test_batch_tallies_update_the_mirror() -> None:
     assert own.local_tallies() == {key: [0, 2, 1, 9]}
 
 
+
+
+def test_concurrent_syncs_index_once_and_report_the_partitions_indexed() -> None:
+    """The summaries timer and a batch of a partition not indexed yet both sync."""
+    readmodel, pareto = ReadModel(), ParetoMirror()
+    indexed: list[int] = []
+    own = Ownership(SETTINGS, customers_on(4, 2000), tally_table([TODAY]), readmodel, pareto,
+                    PartitionSummaries(SETTINGS), indexed.append)  # fmt: skip
+
+    async def both() -> list[bool]:
+        return list(await asyncio.gather(own.sync({0, 1}, 3, True), own.sync({0, 1}, 3, True)))
+
+    assert asyncio.run(both()) == [True, True]
+    assert indexed == [2], "one pass over the table for the two callers"
+    assert len(readmodel) == 4000 and own.ready()

@@ -8,6 +8,7 @@ import inspect
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.producer.message_accumulator import MessageBatch
 from faust.transport.drivers import aiokafka as driver
 
 from app.streams.producer import BatchingProducer
@@ -19,8 +20,13 @@ class Builder:
     def __init__(self, room: int) -> None:
         self.room = room
         self.records: list[tuple[bytes, bytes | None]] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def append(self, *, key: bytes, value: bytes | None, timestamp: Any) -> object | None:
+        assert not self.closed
         if self.records and len(self.records) >= self.room:
             return None
         self.records.append((key, value))
@@ -36,6 +42,7 @@ class Aio:
         return Builder(self.room)
 
     async def send_batch(self, batch: Builder, topic: str, *, partition: int) -> Any:
+        assert batch.closed, "a batch is closed before it is queued"
         self.batches.append((topic, partition, batch.records))
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.set_result(len(self.batches))
@@ -71,3 +78,5 @@ def test_the_producer_api_it_uses() -> None:
     params = inspect.signature(AIOKafkaProducer.send_batch).parameters
     assert list(params)[:3] == ["self", "batch", "topic"] and "partition" in params
     assert callable(AIOKafkaProducer.create_batch)
+    # A closed batch is sent without waiting out the producer's linger.
+    assert "self._builder.closed()" in inspect.getsource(MessageBatch.remaining_linger)
