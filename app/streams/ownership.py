@@ -100,7 +100,7 @@ class Ownership:
             if part in partitions:
                 self.tallies.setdefault(part, {})[rest] = store.load_tally(raw) or []
         self.seeded |= partitions
-        self.pareto.dirty = True
+        self.pareto.invalidate()
         if self.on_indexed is not None:
             self.on_indexed(len(partitions))
 
