@@ -31,9 +31,13 @@ class ParetoMirror:
 
     def __init__(self) -> None:
         self.revenues: dict[int, dict[bytes, float]] = {}
-        self.dirty = False
         self._changes = 0  # revenue figures changed since the last count
         self._stale = False  # re-seeded: the next count may not wait for changes
+
+    @property
+    def dirty(self) -> bool:
+        """The boundary may have moved since the last count."""
+        return self._changes > 0 or self._stale
 
     def merge(self, revenues: Mapping[int, Mapping[bytes, float]]) -> None:
         """A batch's changed revenues; the boundary is stale if any figure moved."""
@@ -42,7 +46,6 @@ class ParetoMirror:
             for key, revenue in changed.items():
                 if mirror.get(key) != revenue:
                     mirror[key] = revenue
-                    self.dirty = True
                     self._changes += 1
 
     def put(self, part: int, key: bytes, revenue: float) -> None:
@@ -50,12 +53,11 @@ class ParetoMirror:
 
     def drop(self, part: int, key: bytes) -> None:
         self.revenues.get(part, {}).pop(key, None)
-        self.dirty = True
         self._changes += 1
 
     def invalidate(self) -> None:
         """The mirror was re-seeded (an assignment): the next cutoffs() counts whatever changed."""
-        self.dirty = self._stale = True
+        self._stale = True
 
     def keep_only(self, partitions: Iterable[int]) -> None:
         """Forget partitions no longer owned."""
@@ -79,7 +81,7 @@ class ParetoMirror:
         n = sum(len(m) for m in mine) + len(theirs)
         if not (force or self._stale) and n > LARGE_BASE and self._changes < n * RECOUNT_SHARE:
             return None
-        self.dirty = self._stale = False
+        self._stale = False
         self._changes = 0
         revenues = np.fromiter(
             itertools.chain(*(m.values() for m in mine), (float(v) for v, _ in theirs)),
