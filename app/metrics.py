@@ -54,6 +54,7 @@ class ServiceMetrics:
     churn_above_line: Gauge
     restored_records: Counter
     restore_seconds: Counter
+    gc_pause: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ServiceMetrics:
@@ -92,6 +93,13 @@ class ServiceMetrics:
                 ["phase"],
                 registry=reg,
             ),
+            gc_pause=Histogram(
+                "feedback_gc_pause_seconds",
+                "Pauses of the Python garbage collector (the whole process stops), by generation",
+                ["generation"],
+                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                registry=reg,
+            ),  # fmt: skip
             batch_size=Histogram(
                 "feedback_batch_events",
                 "Events per processed batch",

@@ -210,6 +210,20 @@ def by_label(port: int, metric: str, label: str) -> dict[str, int]:
     return out
 
 
+def gc_pauses(port: int) -> dict[str, dict[str, float | None]]:
+    """Per collector generation: collections, seconds stopped, and the bucket bound the
+    longest pause was under (feedback_gc_pause_seconds)."""
+    buckets = {g: histogram(port, "feedback_gc_pause_seconds", f'generation="{g}"')
+               for g in ("0", "1", "2")}  # fmt: skip
+    out: dict[str, dict[str, float | None]] = {}
+    for g, points in buckets.items():
+        total = points[-1][1] if points else 0.0
+        longest = next((le for le, n in points if n >= total), None) if total else None
+        out[g] = {"collections": total, "seconds": round(metric_sum(port, (
+            f'feedback_gc_pause_seconds_sum{{generation="{g}"}}',)), 3), "longest_under_s": longest}
+    return out
+
+
 def alerts_by_rule(port: int) -> dict[str, int]:
     return by_label(port, "feedback_alerts_total", "rule")
 
@@ -313,6 +327,7 @@ def pipeline(
             for k, v in by_label(w.port, "feedback_events_total", "outcome").items():
                 outcomes[k] = outcomes.get(k, 0) + v
         indexed = sum(w.metric("feedback_partitions_indexed_total") for w in workers)
+        collections = gc_pauses(workers[0].port)
         rss = [w.rss_mib() for w in workers]
         rate = (count - c0) / elapsed
         after = then(workers[0], rate) if then is not None else None
@@ -327,7 +342,8 @@ def pipeline(
             "batch_handler_seconds": round(handler_s, 3), "batch_phase_seconds": phases,
             "swept_customers": swept,
             "alerts": alerts, "alerts_by_rule_first_worker": by_rule,
-            "events_by_outcome": outcomes, "partitions_indexed": indexed, "then": after}  # fmt: skip
+            "events_by_outcome": outcomes, "partitions_indexed": indexed,
+            "gc_first_worker": collections, "then": after}  # fmt: skip
 
 
 async def changelog_records(bootstrap: str, topic: str) -> tuple[int, int, int]:
@@ -412,12 +428,13 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     return lower
 
 
-def histogram(port: int, name: str) -> list[tuple[float, float]]:
+def histogram(port: int, name: str, labels: str = "") -> list[tuple[float, float]]:
+    """(le, cumulative count) of a histogram's buckets; ``labels``: 'a="x"' to pick one series."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
     out = []
     for line in text.splitlines():
-        if line.startswith(f"{name}_bucket{{"):
+        if line.startswith(f"{name}_bucket{{") and labels in line:
             le = line.split('le="', 1)[1].split('"', 1)[0]
             out.append((float(le), float(line.rsplit(" ", 1)[1])))
     return sorted(out)
@@ -595,7 +612,11 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"re-scored {int(full['swept_customers'])} customers as stream time moved (the sweep) "
         f"and sent {int(full['alerts'])} alerts ({full['alerts_by_rule_first_worker']}). "
         f"Events by outcome: {full.get('events_by_outcome')}; partitions indexed (once per "
-        f"partition per assignment that brought it): {full.get('partitions_indexed')}.\n"
+        f"partition per assignment that brought it): {full.get('partitions_indexed')}. "
+        f"Garbage collector (generation: collections, seconds stopped, longest pause under s): "
+        + "; ".join(f"{g}: {int(c['collections'] or 0)}, {c['seconds']}, {c['longest_under_s']}"
+                    for g, c in full.get("gc_first_worker", {}).items())
+        + ".\n"
     )  # fmt: skip
     if "recovery_empty_state_dir" in result:
         md += ("\n| recovery after SIGKILL | to assignment s | assignment to ready s | "

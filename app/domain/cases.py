@@ -24,7 +24,7 @@ MAX_CASES = 20  # per customer; the oldest closed cases go first
 CASE_RULES = frozenset({"detractor", "silent", "complaint_reply_overdue"})
 
 
-class Case(msgspec.Struct, kw_only=True):
+class Case(msgspec.Struct, kw_only=True, gc=False):
     """One alert's case, as CRM's actions describe it (actions may arrive out of order)."""
 
     alert_id: str

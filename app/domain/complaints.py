@@ -15,7 +15,7 @@ REPLY_STANDARD = timedelta(hours=24)
 Status = Literal["opened", "resolved", "escalated"]
 
 
-class ComplaintRecord(msgspec.Struct, kw_only=True):
+class ComplaintRecord(msgspec.Struct, kw_only=True, gc=False):
     """One complaint as its lifecycle events (possibly out of order) describe it."""
 
     complaint_id: str

@@ -66,7 +66,7 @@ class Policy:
     )
 
 
-class Response(msgspec.Struct, kw_only=True):
+class Response(msgspec.Struct, kw_only=True, gc=False):
     """The newest survey answer of one respondent."""
 
     score: int
@@ -74,13 +74,13 @@ class Response(msgspec.Struct, kw_only=True):
     seq: int
 
 
-class PurchaseRecord(msgspec.Struct, kw_only=True):
+class PurchaseRecord(msgspec.Struct, kw_only=True, gc=False):
     at: datetime
     amount: Decimal
     order_id: str
 
 
-class Lapse(msgspec.Struct, kw_only=True):
+class Lapse(msgspec.Struct, kw_only=True, gc=False):
     """One spell of being lapsed: when, the trailing revenue lost with it, and any win-back."""
 
     at: datetime
@@ -88,7 +88,7 @@ class Lapse(msgspec.Struct, kw_only=True):
     won_back_at: datetime | None = None
 
 
-class Episode(msgspec.Struct, kw_only=True):
+class Episode(msgspec.Struct, kw_only=True, gc=False):
     """A stay in the detractor band, opened by the survey that moved the customer there."""
 
     trigger_event_id: str
@@ -101,7 +101,7 @@ class Episode(msgspec.Struct, kw_only=True):
     left_at: datetime | None = None  # when the band left detractor after the alert
 
 
-class SegmentFacts(msgspec.Struct, kw_only=True):
+class SegmentFacts(msgspec.Struct, kw_only=True, gc=False):
     """The customer's latest segment (the event contract's Segment, as stored)."""
 
     tier: str | None = None
@@ -119,13 +119,15 @@ class SegmentFacts(msgspec.Struct, kw_only=True):
                        product=self.product)  # fmt: skip
 
 
-class CustomerState(msgspec.Struct, kw_only=True):
+class CustomerState(msgspec.Struct, kw_only=True, gc=False):
     """Everything known about one customer; the value of the customers table.
 
     A msgspec Struct, not a pydantic model: the worker parses and writes a state for
     nearly every event, and msgspec does both an order of magnitude faster over the
     same JSON (README, Dependencies). Nothing is validated on assignment, as before;
-    the events that feed it are validated at the edge (domain.events).
+    the events that feed it are validated at the edge (domain.events). ``gc=False`` (here
+    and on the records it holds): the garbage collector never tracks them, as they hold
+    no reference cycles and a worker keeps tens of thousands parsed (streams/collector.py).
     """
 
     customer_id: str

@@ -24,7 +24,7 @@ from app.domain.customer import CustomerState, Policy, next_check
 from app.domain.events import encode
 from app.metrics import ServiceMetrics
 from app.settings import Settings
-from app.streams import store
+from app.streams import collector, store
 from app.streams.churnkpis import ChurnKpis, Pacer
 from app.streams.clock import StreamClock
 from app.streams.delivery import Delivery
@@ -71,8 +71,7 @@ class BatchProcessor:
         self.pareto = ParetoMirror()
         self.readmodel = ReadModel()
         self.ownership = Ownership(settings, customers, nps_tallies, self.readmodel,
-                                   self.pareto, summaries,
-                                   metrics.partitions_indexed.inc)  # fmt: skip
+                                   self.pareto, summaries, self._indexed)  # fmt: skip
         self.clock = StreamClock(app, (settings.topic_surveys, settings.topic_purchases,
                                        settings.topic_complaints), self.readmodel)  # fmt: skip
         self.customer_rows, self.tally_rows = store.Rows(customers), store.Rows(nps_tallies)
@@ -93,6 +92,12 @@ class BatchProcessor:
         self.queries = Queries(settings, metrics, customers, nps_tallies, self.states,
                                self.readmodel, self.ownership, summaries, self.kpis,
                                self.live, self.clock)  # fmt: skip
+
+    def _indexed(self, partitions: int) -> None:
+        """An indexing pass built the read side of ``partitions``: count it, and exempt what
+        it built from later garbage collections (collector.py)."""
+        self.metrics.partitions_indexed.inc(partitions)
+        collector.freeze()
 
     @property
     def policy(self) -> Policy:

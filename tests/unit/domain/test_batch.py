@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import datetime
 
 import pytest
@@ -45,6 +46,29 @@ def test_bad_records_are_dead_lettered_with_a_reason_and_the_rest_is_folded() ->
     assert [(r.offset, e.reason) for r, e in result.dead] == [(90, "not_json"), (91, "empty")]
     assert result.outcomes[("survey", "processed")] == 2
     assert set(result.states) == {b"c1", b"c2"}
+
+
+def test_a_batch_with_dead_letters_is_freed_without_the_garbage_collector() -> None:
+    """A kept exception's traceback reaches the frame that folded the batch: a cycle that
+    held every such batch in memory until a collection (a 5 s stop at 100,000 customers)."""
+    good = records([survey(9, customer_id="c1"), purchase("20", customer_id="c2")])
+    bad = [Record(SURVEYS, 0, 90, b"x", b"{not json", 0.0),  # caught from the JSON parser
+           Record(SURVEYS, 0, 91, b"x", b'{"event_type": "survey"}', 0.0),  # from validation
+           Record(SURVEYS, 0, 92, b"x", b'{"schema_version": 1, "event_type": "survey"}', 0.0)]
+    v = view()
+    gc.collect()
+    gc.disable()
+    try:
+        result = fold_batch([bad[0], good[0], bad[1], good[1], bad[2]], v, policy(), LIMITS, NOW)
+        reasons = [e.reason for _, e in result.dead]
+        bare = [e.__traceback__ is None and e.__context__ is None for _, e in result.dead]
+        del result
+        left_for_the_collector = gc.collect()
+    finally:
+        gc.enable()
+    assert reasons == ["not_json", "schema_violation", "schema_violation"]
+    assert bare == [True] * 3
+    assert left_for_the_collector == 0
 
 
 def test_a_misplaced_record_is_rerouted_under_its_customer_id() -> None:
