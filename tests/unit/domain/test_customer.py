@@ -280,3 +280,23 @@ def test_next_check_at_the_reply_standard_or_half_the_rhythm() -> None:
     assert next_check(s, POLICY, at(95)) == at(100)  # half of the 10-day gap
     s = run([purchase(100, day=d) for d in range(0, 100, 10)] + [complaint("k", "opened", 95)])
     assert next_check(s, POLICY, at(95)) == at(96) + timedelta(seconds=1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(-500, 5000)), max_size=30),
+       st.integers(-10, 1100))  # fmt: skip
+def test_revenue_at_is_the_trailing_window_of_value_trailing_revenue(
+    bought: list[tuple[int, int]], as_of_day: int
+) -> None:
+    """The bisection on the purchases finds the window the documented formula states."""
+    from app.domain import value
+    from app.domain.customer import PurchaseRecord
+
+    records = sorted((PurchaseRecord(at=at(d), amount=Decimal(c) / 100, order_id=f"o{i}")
+                      for i, (d, c) in enumerate(bought)), key=lambda p: p.at)  # fmt: skip
+    state = CustomerState(customer_id="c1", purchases=records)
+    as_of = at(as_of_day)
+    expected = value.trailing_revenue([p.at for p in records], [p.amount for p in records], as_of)
+    assert state.revenue_at(as_of) == expected
+    assert state.revenue_at(records[-1].at if records else as_of) == value.trailing_revenue(
+        [p.at for p in records], [p.amount for p in records], records[-1].at if records else as_of)
