@@ -128,6 +128,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         """Fold, deliver and ack the input records batch by batch (batchpath.py)."""
         while not app.should_stop:
             messages = await feed.take(settings.batch_size, settings.batch_within)
+            batchpath.taken(app, messages)
             try:
                 await processor.handle(messages)
             except asyncio.CancelledError:
