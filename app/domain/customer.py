@@ -8,7 +8,6 @@ equals a sequential replay of the same events through this function.
 from __future__ import annotations
 
 import bisect
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -65,9 +64,6 @@ class Policy:
     rules: frozenset[str] = frozenset(
         {"detractor", "silent", "complaint_reply_overdue", "case_contact_overdue"}
     )
-
-
-_AT = operator.attrgetter("at")
 
 
 class Response(msgspec.Struct, kw_only=True, gc=False):
@@ -188,13 +184,8 @@ class CustomerState(msgspec.Struct, kw_only=True, gc=False):
     alerts_sent: int = 0
 
     def revenue_at(self, as_of: datetime) -> Decimal:
-        """Trailing revenue as of ``as_of``: value.trailing_revenue's window, found by
-        bisection on the purchases themselves (fold keeps them in time order) rather than
-        on lists of their times and amounts built for each call (twice per event)."""
-        purchases = self.purchases
-        lo = bisect.bisect_right(purchases, as_of - value.TRAILING, key=_AT)
-        hi = bisect.bisect_right(purchases, as_of, lo=lo, key=_AT)
-        return sum([p.amount for p in purchases[lo:hi]], Decimal("0"))
+        """Trailing revenue as of ``as_of`` (purchases are kept in time order by fold)."""
+        return value.trailing_revenue(self.purchases, as_of)
 
 
 _COPY_ENCODER = msgspec.msgpack.Encoder()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from msgspec import to_builtins
 
@@ -285,18 +285,17 @@ def test_next_check_at_the_reply_standard_or_half_the_rhythm() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1000), st.integers(-500, 5000)), max_size=30),
        st.integers(-10, 1100))  # fmt: skip
-def test_revenue_at_is_the_trailing_window_of_value_trailing_revenue(
+@example([(0, 100), (365, 200), (366, 400)], 365)  # on both edges: 365 days back is out
+def test_revenue_at_is_the_sum_over_the_trailing_365_days(
     bought: list[tuple[int, int]], as_of_day: int
 ) -> None:
-    """The bisection on the purchases finds the window the documented formula states."""
-    from app.domain import value
+    """The bisection finds the window the formula states: as_of - 365 d < at <= as_of."""
     from app.domain.customer import PurchaseRecord
 
     records = sorted((PurchaseRecord(at=at(d), amount=Decimal(c) / 100, order_id=f"o{i}")
                       for i, (d, c) in enumerate(bought)), key=lambda p: p.at)  # fmt: skip
     state = CustomerState(customer_id="c1", purchases=records)
-    as_of = at(as_of_day)
-    expected = value.trailing_revenue([p.at for p in records], [p.amount for p in records], as_of)
-    assert state.revenue_at(as_of) == expected
-    assert state.revenue_at(records[-1].at if records else as_of) == value.trailing_revenue(
-        [p.at for p in records], [p.amount for p in records], records[-1].at if records else as_of)
+    for as_of in [at(as_of_day)] + [p.at for p in records[-1:]]:
+        expected = sum((p.amount for p in records
+                        if as_of - timedelta(days=365) < p.at <= as_of), Decimal("0"))  # fmt: skip
+        assert state.revenue_at(as_of) == expected
