@@ -93,12 +93,11 @@ async def produce(bootstrap: str, topics: dict[str, str], n: int, customers: int
     # Generated (and, live, templated) before the clock starts: skipping the first ``skip``
     # events of the simulation takes tens of seconds, and a schedule begun before it put
     # that many seconds' worth of paced events on the wire at once.
-    events: Iterable[SimEvent] = itertools.islice(sim.events(), skip, skip + n)
+    events = itertools.islice(sim.events(), skip, skip + n)
+    bodies: Iterable[tuple[tuple[bytes, bytes | None], SimEvent]] = (
+        (_live_template(ev.value) if live else (ev.value, None), ev) for ev in events)
     if rate is not None:
-        events = list(events)
-    bodies = ((_live_template(ev.value) if live else (ev.value, None), ev) for ev in events)
-    if rate is not None:
-        bodies = iter(list(bodies))
+        bodies = list(bodies)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20 if rate is None else 0,
                                 max_batch_size=512 * 1024)  # fmt: skip
     await producer.start()
