@@ -80,10 +80,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     # Before anything creates the transport. The feed holds up to four batches.
     feed = batchpath.Feed(settings.input_topics, 4 * settings.batch_size)
-    batchpath.install(app, feed)
-    from faust.sensors.prometheus import setup_prometheus_sensors
-
-    setup_prometheus_sensors(app, pattern="/metrics", registry=registry, name_prefix="faust")
+    batchpath.install(app, feed, registry)
 
     def topic(name: str, **kw: Any) -> faust.TopicT:
         return app.topic(
@@ -139,9 +136,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 # allows a one-offset gap: stop; a restart resumes from the commits.
                 await app.crash(exc)
                 raise
-            ack = app.consumer.ack
-            for message in messages:
-                ack(message)
+            consumer = app.consumer
+            assert isinstance(consumer, batchpath.BatchConsumer)
+            consumer.ack_batch(messages)
 
     @app.task  # type: ignore[untyped-decorator]
     async def watch_collector() -> None:

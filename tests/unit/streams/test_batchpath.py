@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from faust.transport import consumer as faust_consumer
 from faust.types import TP, Message
+from prometheus_client import CollectorRegistry
 
 from app.settings import Settings
 from app.streams.app import create_app
-from app.streams.batchpath import BatchConsumer, Feed, taken
+from app.streams.batchpath import BatchConsumer, BatchMonitor, Feed, taken
 
 INPUT, CHANGELOG = "feedback.surveys.v1", "customer_state_by_customer-changelog"
 
@@ -114,9 +115,14 @@ async def test_clear_drops_what_is_queued_and_frees_a_waiting_put() -> None:
 
 
 @pytest.fixture
-async def consumer(tmp_path: Path) -> BatchConsumer:
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+async def consumer(tmp_path: Path, registry: CollectorRegistry) -> BatchConsumer:
     """Built in the test's event loop: Faust's services bind their events to it."""
-    app = create_app(Settings(data_dir=tmp_path))
+    app = create_app(Settings(data_dir=tmp_path), registry)
     made = app.consumer
     assert isinstance(made, BatchConsumer) and made.feed is not None
     return made
@@ -192,6 +198,49 @@ async def test_an_acked_record_becomes_committable(consumer: BatchConsumer) -> N
     assert m not in consumer.unacked
 
 
+def faust_metric(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(f"faust_{name}", labels)
+
+
+async def test_a_fetch_is_counted_per_partition_as_faust_counts_records(
+    consumer: BatchConsumer, registry: CollectorRegistry
+) -> None:
+    fetched = [message(INPUT, 0), message(INPUT, 1), message(INPUT, 5, partition=1)]
+    await drain(consumer, fetched)
+    assert faust_metric(registry, "messages_received_total") == 3
+    assert faust_metric(registry, "active_messages") == 3
+    assert faust_metric(registry, "messages_received_per_topic_total", topic=INPUT) == 3
+    # the newest offset read per partition, as Faust's per-record call leaves it
+    per_tp = "messages_received_per_topics_partition"
+    assert faust_metric(registry, per_tp, topic=INPUT, partition="0") == 1
+    assert faust_metric(registry, per_tp, topic=INPUT, partition="1") == 5
+    monitor = consumer.app.monitor
+    assert isinstance(monitor, BatchMonitor)
+    assert monitor.messages_received_by_topic[INPUT] == 3
+    assert monitor.tp_read_offsets[TP(INPUT, 1)] == 5
+
+
+async def test_an_acked_batch_leaves_flight(
+    consumer: BatchConsumer, registry: CollectorRegistry
+) -> None:
+    fetched = [message(INPUT, 0), message(INPUT, 1), message(INPUT, 2)]
+    await drain(consumer, fetched)
+    consumer.app.topics._acking_topics.add(INPUT)  # noqa: SLF001 - the agent declares it
+    assert consumer.feed is not None
+    consumer.ack_batch(await consumer.feed.take(2, 0.0))
+    assert faust_metric(registry, "active_messages") == 1
+    assert {m.offset for m in consumer.unacked} == {2}
+
+
+async def test_a_fetch_dropped_by_a_stopped_flow_is_neither_tracked_nor_counted(
+    consumer: BatchConsumer, registry: CollectorRegistry
+) -> None:
+    consumer.stop_flow()
+    await drain(consumer, [message(INPUT, 0)])
+    assert not [m for m in consumer.unacked if m.topic == INPUT]
+    assert faust_metric(registry, "messages_received_total") in (None, 0)
+
+
 # -- pins of Faust internals ---------------------------------------------------------------
 
 # sha256 of faust-streaming 0.15.3's Consumer._drain_messages, which BatchConsumer
@@ -208,6 +257,19 @@ def test_faust_internals_the_batch_path_uses() -> None:
     c = faust_consumer.Consumer
     for name in ("track_message", "ack", "wait_first", "stop_flow", "_add_gap", "commit"):
         assert callable(getattr(c, name)), name
+    # BatchConsumer.track_fetch is track_message for a whole fetch: it must still be
+    # only the pending set and the sensors' on_message_in.
+    track = inspect.getsource(c.track_message)
+    assert "self._unacked_messages.add(message)" in track
+    assert "self._on_message_in(message.tp, message.offset, message)" in track
+    # BatchMonitor sums what PrometheusMonitor counts per record.
+    from faust.sensors.prometheus import PrometheusMonitor
+
+    per_record = inspect.getsource(PrometheusMonitor.on_message_in)
+    for line in ("messages_received.inc()", "active_messages.inc()",
+                 "messages_received_per_topics.labels(topic=tp.topic).inc()",
+                 "messages_received_per_topics_partition.labels("):  # fmt: skip
+        assert line in per_record, line
     assert isinstance(faust_consumer.CONSUMER_FETCHING, str)
     # Dropped records leave the pending set by themselves: a cleared feed cannot make a
     # rebalance wait for records nobody will ack.
