@@ -27,6 +27,7 @@ Definitions (written down because the source leaves them open):
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,18 +106,27 @@ def count(customers: Iterable[Lifecycle], kind: Period, as_of: datetime, periods
           ) -> Counts:  # fmt: skip
     """Per (period, group) counts; additive, so partitions and workers merge by summing.
 
-    Most customers were there before the first period and never lapsed: they add one
-    to ``at_start`` and ``at_end`` of every period, so they are only tallied per
-    (tier, segment) and expanded once at the end (a million customers in seconds).
+    A customer that never lapsed is in the base from the period it was first seen in:
+    ``new`` and ``at_end`` there, ``at_start`` and ``at_end`` in every later period, nothing
+    before. Most customers are such, so they are only tallied per (tier, segment, period
+    first seen) and expanded once at the end; only the customers with lapses are walked
+    period by period. At 100,000 customers in a backfill, where nearly every customer is
+    new within the periods, the walk of every customer took 9% of the worker's samples
+    (py-spy, README Benchmark).
     """
     spans = [(label, s.timestamp(), e.timestamp()) for label, s, e in bounds(kind, as_of, periods)]
     out: Counts = {}
-    first_start = spans[0][1] if spans else 0.0
-    steady: dict[tuple[str, tuple[str | None, ...]], int] = {}
+    if not spans:
+        return out
+    starts = [start for _, start, _ in spans]
+    last_end = spans[-1][2]
+    # (tier, segment, index of the period first seen in; -1 before the first) -> customers
+    tallied: dict[tuple[str, tuple[str | None, ...], int], int] = {}
     for c in customers:
-        if not c.lapses and c.first_seen < first_start:
-            key = (c.tier, c.segment)
-            steady[key] = steady.get(key, 0) + 1
+        if not c.lapses:
+            if c.first_seen < last_end:
+                key = (c.tier, c.segment, bisect.bisect_right(starts, c.first_seen) - 1)
+                tallied[key] = tallied.get(key, 0) + 1
             continue
         mine = groups_of(c)
         for label, start, end in spans:
@@ -136,11 +146,13 @@ def count(customers: Iterable[Lifecycle], kind: Period, as_of: datetime, periods
                 acc = out.setdefault((label, g), [0.0] * 6)
                 for i, v in enumerate(row):
                     acc[i] += v
-    for (tier, segment), n in steady.items():
-        for g in groups(tier, segment):
-            for label, _, _ in spans:
+    for (tier, segment, first), n in tallied.items():
+        mine = groups(tier, segment)
+        for i in range(max(first, 0), len(spans)):
+            label = spans[i][0]
+            for g in mine:
                 acc = out.setdefault((label, g), [0.0] * 6)
-                acc[0] += n
+                acc[1 if i == first else 0] += n  # new in its first period, then at start
                 acc[4] += n
     return out
 

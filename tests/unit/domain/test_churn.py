@@ -126,6 +126,69 @@ def test_tiers_segments_safety_line_and_change() -> None:
     assert churn_kpi.merge(halves) == counts
 
 
+def reference_count(rows: list[Row], kind: churn_kpi.Period, as_of: datetime, periods: int
+                    ) -> churn_kpi.Counts:  # fmt: skip
+    """The KPI definitions applied customer by customer and period by period, no shortcut."""
+    out: churn_kpi.Counts = {}
+    for c in rows:
+        for label, s, e in churn_kpi.bounds(kind, as_of, periods):
+            start, end = s.timestamp(), e.timestamp()
+
+            def active(at: float, c: Row = c) -> bool:
+                return c.first_seen < at and not any(
+                    lapsed < at and (won is None or won >= at) for lapsed, _, won in c.lapses)
+
+            r = [float(active(start)), float(start <= c.first_seen < end),
+                 float(sum(start <= lapsed < end for lapsed, _, _ in c.lapses)),
+                 float(sum(won is not None and start <= won < end for _, _, won in c.lapses)),
+                 float(active(end)),
+                 sum(rev for lapsed, rev, _ in c.lapses if start <= lapsed < end)]  # fmt: skip
+            if any(r):
+                for g in churn_kpi.groups_of(c):
+                    acc = out.setdefault((label, g), [0.0] * 6)
+                    for i, v in enumerate(r):
+                        acc[i] += v
+    return out
+
+
+KPI_AS_OF = datetime(2026, 5, 15, tzinfo=UTC)
+# days before KPI_AS_OF: inside the periods, before them, on a month's first instant, after
+KPI_DAYS = st.one_of(st.integers(-40, 700), st.sampled_from([0, 14, 44, 45, 135, 500]))
+
+
+@st.composite
+def kpi_rows(draw: st.DrawFn) -> list[Row]:
+    out = []
+    for _ in range(draw(st.integers(0, 12))):
+        first = KPI_AS_OF - timedelta(days=draw(KPI_DAYS))
+        lapsed = won = None
+        if draw(st.booleans()):
+            lapsed = first + timedelta(days=draw(st.integers(1, 300)))
+            if draw(st.booleans()):
+                won = lapsed + timedelta(days=draw(st.integers(1, 200)))
+        if first.day == 15 and draw(st.booleans()):
+            first = first.replace(day=1, hour=0)  # exactly on a period's start
+        out.append(row(first, lapsed, draw(st.sampled_from([0.0, 120.5])), won,
+                       draw(st.sampled_from("ABC")), draw(st.sampled_from([None, "eu"]))))
+    return out
+
+
+@given(kpi_rows(), st.sampled_from(churn_kpi.PERIODS), st.integers(0, 5))
+def test_counts_equal_the_definitions_applied_customer_by_customer(
+    rows: list[Row], kind: churn_kpi.Period, periods: int
+) -> None:
+    assert churn_kpi.count(rows, kind, KPI_AS_OF, periods) == reference_count(
+        rows, kind, KPI_AS_OF, periods)
+
+
+def test_a_customer_first_seen_within_the_periods_is_new_once_then_in_the_base() -> None:
+    as_of = datetime(2026, 5, 15, tzinfo=UTC)
+    counts = churn_kpi.count([row(datetime(2026, 4, 1, tzinfo=UTC))], "month", as_of, 3)
+    assert ("2026-03", "overall") not in counts  # not a customer yet
+    assert counts[("2026-04", "overall")] == [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert counts[("2026-05", "overall")] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
 def test_churn_loss() -> None:
     assert churn_loss(Decimal("30000000"), Decimal("0.03")) == Decimal("900000.00")
 
