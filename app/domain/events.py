@@ -6,11 +6,13 @@ them (``feedback schemas export``) and a test fails when the two drift.
 
 from __future__ import annotations
 
-from datetime import datetime
+import functools
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -26,6 +28,28 @@ SCHEMA_VERSION = 1
 Band = Literal["promoter", "passive", "detractor"]
 # No control characters (NUL, newlines...) in identifiers: they end up in keys and logs.
 Id = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+@functools.lru_cache(maxsize=256)
+def _zone(offset: timedelta) -> timezone:
+    return UTC if not offset else timezone(offset)
+
+
+def _standard_zone(at: datetime) -> datetime:
+    """The same instant, wall clock and offset, with the standard library's fixed-offset zone.
+
+    pydantic parses an offset into its own ``TzInfo``, which the standard library has to
+    call back into for every comparison, subtraction and ``timestamp()``: a comparison
+    of two such times took 0.92 us against 0.08 us with ``datetime.timezone``, and a
+    customer's re-score compares its event times hundreds of times (README, Benchmark).
+    """
+    offset = at.utcoffset()
+    assert offset is not None  # AwareDatetime
+    return at.replace(tzinfo=_zone(offset))
+
+
+# RFC 3339 with an offset, kept as given (same instant, same offset).
+Instant = Annotated[AwareDatetime, AfterValidator(_standard_zone)]
 # A decimal amount as JSON: a number or a decimal string, at most 40 characters.
 Money = Annotated[
     Decimal,
@@ -50,7 +74,7 @@ class Segment(_Contract):
 class _Event(_Contract):
     event_id: Id = Field(description="Unique; a re-delivered event_id is counted once.")
     customer_id: Id
-    occurred_at: AwareDatetime = Field(description="Event time, RFC 3339 with a UTC offset.")
+    occurred_at: Instant = Field(description="Event time, RFC 3339 with a UTC offset.")
     schema_version: Literal[1] = Field(description="Always 1 for this contract.")
     segment: Segment | None = None
 
@@ -98,7 +122,7 @@ class ErasureRequest(_Contract):
     event_type: Literal["erasure"]
     event_id: Id
     customer_id: Id
-    occurred_at: AwareDatetime = Field(description="When the request was made.")
+    occurred_at: Instant = Field(description="When the request was made.")
     schema_version: Literal[1] = Field(description="Always 1 for this contract.")
     reason: str | None = Field(None, max_length=500, description="Free text, never logged.")
 
@@ -113,7 +137,7 @@ class AlertAction(_Contract):
     action: Literal["acknowledged", "contacted", "resolved", "dismissed"]
     actor: Id = Field(description="Who acted (a CRM user or system).")
     note: str | None = Field(None, max_length=1000, description="Free text, never logged.")
-    occurred_at: AwareDatetime = Field(description="When it was done, RFC 3339 with offset.")
+    occurred_at: Instant = Field(description="When it was done, RFC 3339 with offset.")
     schema_version: Literal[1] = Field(description="Always 1 for this contract.")
 
 
@@ -185,9 +209,9 @@ class Alert(_Contract):
     churn_reasons: list[Annotated[str, Field(max_length=64)]] = Field(max_length=16)
     open_complaints: int = Field(ge=0)
     segment: Segment | None = None
-    occurred_at: AwareDatetime
-    emitted_at: AwareDatetime
-    sla_due_at: AwareDatetime = Field(description="occurred_at + 24 h: the reply standard.")
+    occurred_at: Instant
+    emitted_at: Instant
+    sla_due_at: Instant = Field(description="occurred_at + 24 h: the reply standard.")
     complaint_id: Id | None = Field(None, description="complaint_reply_overdue: the complaint.")
     p_alive: float | None = Field(None, ge=0, le=1, description="The customer's P(alive) then.")
     churn_period: ChurnPeriodFigures | None = Field(None, description="churn_safety_line only.")

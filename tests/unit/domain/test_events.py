@@ -1,4 +1,5 @@
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -98,3 +99,19 @@ def test_erasure_request_decodes_or_gives_a_reason() -> None:
     marker = erasure_marker_key(b"c1")
     assert is_marker(marker) and b"c1" not in marker and not is_marker(b"c1")
     assert marker == erasure_marker_key(b"c1") != erasure_marker_key(b"c2")
+
+
+@pytest.mark.parametrize(("given", "offset_hours"), [
+    ("2026-03-01T10:00:00Z", 0), ("2026-03-01T10:00:00+00:00", 0),
+    ("2026-03-01T12:00:00+02:00", 2), ("2026-03-01T04:30:00-05:30", -5.5),
+])  # fmt: skip
+def test_event_time_keeps_its_instant_and_offset_in_a_standard_zone(
+    given: str, offset_hours: float
+) -> None:
+    base = json.loads((EXAMPLES / "valid_survey.json").read_text())
+    event = decode_event(json.dumps({**base, "occurred_at": given}).encode())
+    at = event.occurred_at
+    # datetime.timezone, not pydantic's TzInfo (slow to compare: events.Instant)
+    assert type(at.tzinfo) is timezone
+    assert at.utcoffset() == timedelta(hours=offset_hours)
+    assert at == datetime(2026, 3, 1, 10, tzinfo=UTC)
