@@ -26,6 +26,8 @@ from app.domain.batch import FUTURE_TOLERANCE
 from app.domain.customer import CustomerState
 
 RISK_BUCKETS = ("low", "medium", "high")
+# Superseded entries a partition's schedule may hold beyond one per customer (see schedule).
+COMPACT_SLACK = 1024
 
 
 def risk_bucket(risk: float) -> str:
@@ -66,6 +68,7 @@ class ReadModel:
         self.rows: dict[bytes, Row] = {}
         self._heaps: dict[int, list[tuple[float, bytes]]] = {}
         self._due: dict[bytes, float] = {}
+        self._scheduled: dict[int, int] = {}  # partition -> keys with a current heap entry
         self._clock: dict[int, datetime] = {}
         self._newest: dict[int, datetime] = {}
 
@@ -103,10 +106,27 @@ class ReadModel:
         self.schedule(key, partition, due.timestamp())
 
     def schedule(self, key: bytes, partition: int, due: float) -> None:
-        if self._due.get(key) == due:
+        """(Re)schedule ``key``; the entry it had stays in the heap, skipped when popped.
+
+        Live, stream time is the wall clock, and an entry superseded by a later write is
+        only popped once its time (1 to 30 days ahead) comes: every write of a busy
+        customer left one behind, so the heap grew with the writes rather than the
+        customers, and so did the gauges' pass over it. It is compacted to its current
+        entries once it holds twice as many as there are customers (plus COMPACT_SLACK):
+        amortised, a constant per write.
+        """
+        current = self._due.get(key)
+        if current == due:
             return
+        if current is None:
+            self._scheduled[partition] = self._scheduled.get(partition, 0) + 1
         self._due[key] = due
-        heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
+        heap = self._heaps.setdefault(partition, [])
+        heapq.heappush(heap, (due, key))
+        if len(heap) > 2 * self._scheduled[partition] + COMPACT_SLACK:
+            live = self._due
+            heap[:] = [(at, k) for at, k in heap if live.get(k) == at]
+            heapq.heapify(heap)
 
     def take_due(self, partition: int, limit: int) -> list[bytes]:
         """Keys whose next check is at or before the partition's stream time (at most limit)."""
@@ -120,11 +140,13 @@ class ReadModel:
             due, key = heapq.heappop(heap)
             if self._due.get(key) == due:  # else superseded by a later schedule
                 del self._due[key]
+                self._scheduled[partition] -= 1
                 out.append(key)
         return out
 
     def pending(self, partition: int) -> int:
-        return len(self._heaps.get(partition, []))
+        """Customers of the partition with a scheduled re-score."""
+        return self._scheduled.get(partition, 0)
 
     def due(self, partition: int) -> int:
         """Customers whose next check is at or before the partition's stream time: the
@@ -140,8 +162,9 @@ class ReadModel:
 
     def drop(self, key: bytes) -> None:
         """An erased customer: its row and its schedule go (a heap entry left is skipped)."""
-        self.rows.pop(key, None)
-        self._due.pop(key, None)
+        row = self.rows.pop(key, None)
+        if self._due.pop(key, None) is not None and row is not None:
+            self._scheduled[row.partition] -= 1
 
     def forget(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
@@ -152,6 +175,7 @@ class ReadModel:
             self._due.pop(key, None)
         for p in gone:
             self._heaps.pop(p, None)
+            self._scheduled.pop(p, None)
             self._clock.pop(p, None)
             self._newest.pop(p, None)
 

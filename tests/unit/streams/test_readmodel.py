@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from app.domain.customer import CustomerState
 from app.streams import store
-from app.streams.readmodel import ReadModel
+from app.streams.readmodel import COMPACT_SLACK, ReadModel
 
 JAN, MAY = datetime(2025, 1, 20, tzinfo=UTC), datetime(2025, 5, 22, tzinfo=UTC)
 WALL = datetime(2026, 11, 23, tzinfo=UTC)
@@ -36,5 +36,34 @@ def test_due_counts_the_sweeps_backlog_as_of_stream_time() -> None:
     model.advance(0, MAY, WALL)
     assert model.due(0) == 3  # January and the two in May
     model.record(b"c1", 0, CustomerState(customer_id="c1"), WALL)  # re-scheduled later
-    assert model.due(0) == 2 and model.pending(0) == 5  # the old heap entry no longer counts
+    assert model.due(0) == 2 and model.pending(0) == 4  # the old heap entry no longer counts
     assert len(model.take_due(0, 10)) == 2 and model.due(0) == 0
+    assert model.pending(0) == 2  # c1 (re-scheduled to WALL) and c3 are still scheduled
+
+
+def test_a_schedule_rewritten_many_times_stays_as_small_as_its_customers() -> None:
+    """Live, superseded entries only leave the heap when their time comes: without
+    compaction it grew with every write."""
+    model = ReadModel()
+    start = WALL.timestamp()
+    for i in range(20_000):
+        model.schedule(b"busy", 0, start + 60.0 * (i + 1))  # each write moves its next look
+    model.schedule(b"quiet", 0, start + 30.0)
+    heap = model._heaps[0]  # noqa: SLF001 - the size is what this test is about
+    assert len(heap) <= 2 * 2 + COMPACT_SLACK + 1
+    assert model.pending(0) == 2
+    later = datetime.fromtimestamp(start + 60.0 * 30_000, UTC)
+    model.advance(0, later, later)
+    # every entry is popped once: the stale ones skipped, the current ones taken
+    assert sorted(model.take_due(0, 100)) == [b"busy", b"quiet"]
+    assert model.take_due(0, 100) == [] and model.pending(0) == 0
+
+
+def test_a_dropped_customer_is_no_longer_scheduled() -> None:
+    model = ReadModel()
+    for key in (b"a", b"b"):
+        model.record(key, 3, CustomerState(customer_id=key.decode()), MAY)
+    model.drop(b"a")
+    assert model.pending(3) == 1
+    model.advance(3, WALL, WALL)
+    assert model.take_due(3, 10) == [b"b"] and model.pending(3) == 0
