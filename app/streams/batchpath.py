@@ -188,7 +188,10 @@ class BatchConsumer(SafeOffsetConsumer):
     def stop_flow(self) -> None:
         super().stop_flow()
         if self.feed is not None:
-            self.feed.clear()
+            dropped = self.feed.clear()
+            monitor = self.app.monitor
+            if isinstance(monitor, BatchMonitor):
+                monitor.on_acked(dropped)  # no longer in flight: read again after the seek
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - a broker loop
         """Faust 0.15.3's loop (see the module docstring), with one change: records of

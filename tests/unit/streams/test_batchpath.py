@@ -232,6 +232,15 @@ async def test_an_acked_batch_leaves_flight(
     assert {m.offset for m in consumer.unacked} == {2}
 
 
+async def test_records_the_feed_drops_on_a_stopped_flow_leave_flight(
+    consumer: BatchConsumer, registry: CollectorRegistry
+) -> None:
+    await drain(consumer, [message(INPUT, 0), message(INPUT, 1)])
+    assert faust_metric(registry, "active_messages") == 2
+    consumer.stop_flow()  # a rebalance: the feed's records are dropped, read again later
+    assert faust_metric(registry, "active_messages") == 0
+
+
 async def test_a_fetch_dropped_by_a_stopped_flow_is_neither_tracked_nor_counted(
     consumer: BatchConsumer, registry: CollectorRegistry
 ) -> None:
