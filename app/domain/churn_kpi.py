@@ -79,11 +79,6 @@ def bounds(kind: Period, as_of: datetime, count: int) -> list[tuple[str, datetim
     return out
 
 
-def groups_of(c: Lifecycle) -> list[str]:
-    """``overall``, ``tier:A|B|C`` (value tier), ``member_tier:…|region:…|channel:…|product:…``."""
-    return groups(c.tier, c.segment)
-
-
 def groups(tier: str, segment: tuple[str | None, ...]) -> list[str]:
     """The groups of a value tier and segment values (churn KPIs and case metrics)."""
     out = ["overall", f"tier:{tier}"]
@@ -122,20 +117,16 @@ def count(customers: Iterable[Lifecycle], kind: Period, as_of: datetime, periods
     # (tier, segment, first seen, ((lapsed, won back or None) per lapse)) as period indices
     # -> [customers, revenue lost per lapse, summed]
     tallied: dict[_Signature, tuple[list[int], list[float]]] = {}
-    bisect_right = bisect.bisect_right
     for c in customers:
-        seen, lapses = c.first_seen, c.lapses
-        if not lapses:  # most customers: the same steps without the lapses
-            if seen < last_end:
-                key: _Signature = (c.tier, c.segment, bisect_right(starts, seen) - 1, ())
-                entry = tallied.get(key)
-                if entry is None:
-                    entry = tallied[key] = ([0], [])
-                entry[0][0] += 1
-            continue  # else first seen after the last period: in none of them
-        marks = tuple((period_of(lapsed), None if won is None else period_of(won))
-                      for lapsed, _, won in lapses)  # fmt: skip
-        key = (c.tier, c.segment, period_of(seen), marks)
+        first, lapses = period_of(c.first_seen), c.lapses
+        if not lapses:
+            if first == after:
+                continue  # first seen after the last period and never lapsed: in none
+            marks: tuple[tuple[int, int | None], ...] = ()  # most customers
+        else:
+            marks = tuple((period_of(lapsed), None if won is None else period_of(won))
+                          for lapsed, _, won in lapses)  # fmt: skip
+        key = (c.tier, c.segment, first, marks)
         entry = tallied.get(key)
         if entry is None:
             entry = tallied[key] = ([0], [0.0] * len(marks))

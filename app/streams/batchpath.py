@@ -157,6 +157,17 @@ class BatchConsumer(SafeOffsetConsumer):
         if self._background_commit is None or self._background_commit.done():
             self._background_commit = asyncio.ensure_future(self.commit())
 
+    @property
+    def _batch_monitor(self) -> BatchMonitor | None:
+        monitor = self.app.monitor
+        return monitor if isinstance(monitor, BatchMonitor) else None
+
+    def _left_flight(self, count: int) -> None:
+        """Records acked or dropped: no longer in flight for the monitor."""
+        monitor = self._batch_monitor
+        if monitor is not None:
+            monitor.on_acked(count)
+
     def track_fetch(self, messages: Sequence[Message]) -> None:
         """``Consumer.track_message`` for a whole fetch: pending ack, counted once per partition.
 
@@ -168,8 +179,8 @@ class BatchConsumer(SafeOffsetConsumer):
         pending = self._unacked_messages  # a WeakSet (pinned in the unit tests)
         for m in messages:
             pending.add(m)
-        monitor = self.app.monitor
-        if isinstance(monitor, BatchMonitor):
+        monitor = self._batch_monitor
+        if monitor is not None:
             monitor.on_fetched(messages)
         else:  # another monitor (none in this service): Faust's per-record call
             on_message_in = self._on_message_in
@@ -181,17 +192,12 @@ class BatchConsumer(SafeOffsetConsumer):
         ack = self.ack
         for message in messages:
             ack(message)
-        monitor = self.app.monitor
-        if isinstance(monitor, BatchMonitor):
-            monitor.on_acked(len(messages))
+        self._left_flight(len(messages))
 
     def stop_flow(self) -> None:
         super().stop_flow()
         if self.feed is not None:
-            dropped = self.feed.clear()
-            monitor = self.app.monitor
-            if isinstance(monitor, BatchMonitor):
-                monitor.on_acked(dropped)  # no longer in flight: read again after the seek
+            self._left_flight(self.feed.clear())  # read again after the seek
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - a broker loop
         """Faust 0.15.3's loop (see the module docstring), with one change: records of

@@ -144,7 +144,7 @@ def reference_count(rows: list[Row], kind: churn_kpi.Period, as_of: datetime, pe
                  float(active(end)),
                  sum(rev for lapsed, rev, _ in c.lapses if start <= lapsed < end)]  # fmt: skip
             if any(r):
-                for g in churn_kpi.groups_of(c):
+                for g in churn_kpi.groups(c.tier, c.segment):
                     acc = out.setdefault((label, g), [0.0] * 6)
                     for i, v in enumerate(r):
                         acc[i] += v
