@@ -89,7 +89,8 @@ class ServiceMetrics:
             batch_phase_seconds=Counter(
                 "feedback_batch_phase_seconds",
                 "Time spent in each phase of the batches: fold (deciding), deliver "
-                "(producing and storing), after (caches and metrics)",
+                "(producing and storing), after (caches and metrics); idle_sweep: the sweep's "
+                "chunks while no records wait, all three phases",
                 ["phase"],
                 registry=reg,
             ),

@@ -267,34 +267,59 @@ def fold_batch(
         for alert in evaluate_time(state, policy, stream_now, now):
             out.alerts.append((alert, produced[key]))
         out.states[key] = (part, state)
-    _sweep(records, view, policy, limits, now, out, last_produced)
+    # One re-score per record, shared among the batch's partitions by their records.
+    per_partition = Counter(rec.partition for rec in records)
+    _sweep({part: n for part, n in per_partition.items()}, view, policy, now, out,
+           last_produced)  # fmt: skip
+    return out
+
+
+def sweep_batch(
+    partitions: Collection[int], view: BatchView, policy: Policy, limit: int, now: datetime
+) -> BatchResult:
+    """The sweep on its own, while no records wait: at most ``limit`` customers due at
+    their partition's stream time, shared evenly among ``partitions``.
+
+    A batch sweeps one customer per record, which keeps pace with a backfill (about as
+    many customers fall due as events arrive) but not with a jump of stream time: live
+    traffic after a replayed history makes every customer due at once. That backlog is
+    worked off here, in chunks the size of a small batch, whenever the worker has
+    nothing else to do, so it neither waits for traffic nor delays an event by more
+    than one chunk. Alerts it raises carry ``now`` as their produce time.
+    """
+    out = BatchResult()
+    parts = sorted(partitions)
+    for part in parts:
+        mark = view.watermark(part, {})
+        if mark is not None:
+            out.clock[part] = mark
+    if parts and limit > 0:
+        share = -(-limit // len(parts))  # rounded up
+        wall = now.timestamp()
+        _sweep(dict.fromkeys(parts, share), view, policy, now, out, dict.fromkeys(parts, wall))
     return out
 
 
 def _sweep(
-    records: Sequence[Record], view: BatchView, policy: Policy, limits: Limits, now: datetime,
-    out: BatchResult, last_produced: dict[int, float],
+    shares: Mapping[int, int], view: BatchView, policy: Policy, now: datetime,
+    out: BatchResult, last_produced: Mapping[int, float],
 ) -> None:  # fmt: skip
     """Re-score the customers whose risk can have changed because stream time moved on.
 
-    At most ``limits.sweep_limit`` plus one per record of the batch, shared among the
-    batch's partitions by their records, earliest due first: the sweep's work stays
-    in proportion to the batch, so a jump of stream time (a backfill catching up, live
-    traffic after one) cannot stall the batch's events behind a pass over every
-    customer, and a customer due several times while the sweep was behind is
-    re-scored once. In a backfill there are about as many due customers as events,
-    so a swept customer is only written when the re-score changed a fact (a lapse, the
-    tier, a reply breach) or raised an alert; otherwise it goes to ``rescored``, for
-    the read model.
+    At most ``shares[partition]`` customers of each partition, earliest due first, as of
+    its stream time: the sweep's work stays in proportion to what calls it (a batch's
+    records, or an idle chunk: sweep_batch), so a jump of stream time cannot stall a
+    batch's events behind a pass over every customer, and a customer due several times
+    while the sweep was behind is re-scored once. In a backfill there are about as
+    many due customers as events, so a swept customer is only written when the
+    re-score changed a fact (a lapse, the tier, a reply breach) or raised an alert;
+    otherwise it goes to ``rescored``, for the read model.
     """
-    per_partition = Counter(rec.partition for rec in records)
-    budget = limits.sweep_limit + len(records)
-    for part in sorted(per_partition):
+    for part in sorted(shares):
         stream_at = out.clock.get(part)
         if stream_at is None:
             continue
-        share = -(-budget * per_partition[part] // len(records))  # rounded up
-        for key in view.due(part, stream_at, share):
+        for key in view.due(part, stream_at, shares[part]):
             if key in out.states or key in out.erased:
                 continue
             state = view.customer(key, part)

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import faust
+from faust.types import Message
 from prometheus_client import CollectorRegistry
 
 from app.metrics import ServiceMetrics
@@ -124,9 +125,17 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def customer_batches() -> None:
         """Fold, deliver and ack the input records batch by batch (batchpath.py)."""
         while not app.should_stop:
-            messages = await feed.take(settings.batch_size, settings.batch_within)
-            batchpath.taken(app, messages)
+            consumer = app.consumer
+            assert isinstance(consumer, batchpath.BatchConsumer)
+            messages: list[Message] = []
             try:
+                if not len(feed):
+                    # Nothing waiting: a chunk of the sweep's backlog, else wait for records
+                    # (or a second, for a timer to move stream time).
+                    if await consumer.aside(processor.sweep_idle()) or not await feed.wait(1.0):
+                        continue
+                messages = await feed.take(settings.batch_size, settings.batch_within)
+                batchpath.taken(app, messages)
                 await processor.handle(messages)
             except asyncio.CancelledError:
                 processor.states.clear()  # the batch is not acked: read again on restart
@@ -136,8 +145,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 # allows a one-offset gap: stop; a restart resumes from the commits.
                 await app.crash(exc)
                 raise
-            consumer = app.consumer
-            assert isinstance(consumer, batchpath.BatchConsumer)
             consumer.ack_batch(messages)
 
     @app.task  # type: ignore[untyped-decorator]

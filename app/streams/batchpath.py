@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from time import monotonic
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from faust.sensors.prometheus import PrometheusMonitor, setup_prometheus_sensors
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -58,6 +58,7 @@ from prometheus_client import CollectorRegistry
 from app.streams.consumer import SafeOffsetConsumer
 
 FEED_ATTR = "feedback_feed"
+_T = TypeVar("_T")
 
 
 class Feed:
@@ -89,6 +90,19 @@ class Feed:
         self._lists.append(messages)
         self._size += len(messages)
         self._ready.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for records; whether there are any. Takes nothing,
+        so it can be given up on (a ``take`` cancelled after it popped would lose records
+        that are tracked as pending, and a rebalance would wait for their ack)."""
+        if self._lists:
+            return True
+        self._ready.clear()
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            pass
+        return bool(self._lists)
 
     async def take(self, max_records: int, within: float) -> list[Message]:
         """The next batch of at most ``max_records``, in fetch order, waiting up to
@@ -186,6 +200,30 @@ class BatchConsumer(SafeOffsetConsumer):
             on_message_in = self._on_message_in
             for m in messages:
                 on_message_in(m.tp, m.offset, m)
+
+    _aside: asyncio.Future[Any] | None = None
+
+    async def aside(self, work: Coroutine[Any, Any, _T]) -> _T | None:
+        """Run processor work that belongs to no fetched record (the idle sweep) so that a
+        rebalance waits for it as for a batch: ``wait_empty`` waits for acks only, and a
+        sweep writing a revoked partition's changelog after its new owner started could
+        overwrite that owner's newer state. Not run (None) while the flow is stopped."""
+        if not self.flow_active:
+            work.close()
+            return None
+        task = asyncio.ensure_future(work)
+        self._aside = task
+        try:
+            return await task
+        finally:
+            self._aside = None
+
+    async def wait_empty(self) -> None:
+        """Faust's wait for the batches in flight, after the work ``aside`` runs."""
+        task = self._aside
+        if task is not None and not task.done():
+            await asyncio.wait([task])
+        await super().wait_empty()
 
     def ack_batch(self, messages: Sequence[Message]) -> None:
         """Ack a delivered batch, and tell the monitor they are no longer in flight."""

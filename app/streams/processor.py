@@ -19,7 +19,7 @@ from typing import Any
 import faust
 from faust.types import Message
 
-from app.domain.batch import BatchResult, Limits, Record, fold_batch
+from app.domain.batch import BatchResult, Limits, Record, fold_batch, sweep_batch
 from app.domain.customer import CustomerState, Policy, next_check
 from app.domain.events import encode
 from app.metrics import ServiceMetrics
@@ -149,6 +149,24 @@ class BatchProcessor:
         phases.labels("after").inc(time.perf_counter() - t2)
         self.metrics.batch_size.observe(len(messages))
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def sweep_idle(self) -> int:
+        """A chunk of the sweep while no records wait (domain.batch.sweep_batch): how many
+        customers it re-scored, 0 when none of the owned, indexed partitions has one due."""
+        if not self.ownership.ready():
+            return 0
+        parts = [p for p in self.ownership.owned
+                 if self.ownership.indexed(p) and self.readmodel.has_due(p)]  # fmt: skip
+        if not parts:
+            return 0
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        await self.ensure_metadata([self.customers.changelog_topic.get_topic_name()])
+        result = sweep_batch(parts, _View(self, now), self.policy, self.limits.sweep_limit, now)
+        raws = await self.delivery.deliver(result)
+        self._after(result, raws, now)
+        self.metrics.batch_phase_seconds.labels("idle_sweep").inc(time.perf_counter() - started)
+        return result.swept
 
     def _after(self, result: BatchResult, raws: dict[bytes, bytes], now: datetime) -> None:
         """Caches and metrics, once the batch is delivered."""

@@ -144,6 +144,18 @@ class ReadModel:
                 out.append(key)
         return out
 
+    def has_due(self, partition: int) -> bool:
+        """Some customer's next check is at or before the partition's stream time (drops the
+        superseded entries on top of the heap to find out)."""
+        now = self._clock.get(partition)
+        heap = self._heaps.get(partition)
+        if now is None or not heap:
+            return False
+        current = self._due
+        while heap and current.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return bool(heap) and heap[0][0] <= now.timestamp()
+
     def pending(self, partition: int) -> int:
         """Customers of the partition with a scheduled re-score."""
         return self._scheduled.get(partition, 0)

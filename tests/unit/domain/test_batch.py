@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from datetime import datetime
 
 import pytest
 
-from app.domain.batch import Record, fold_batch, watermark
+from app.domain.batch import Record, fold_batch, sweep_batch, watermark
 from app.domain.customer import Policy
 from app.domain.events import ErasureRequest, encode
 from app.streams import store
@@ -236,16 +237,59 @@ def test_a_swept_customer_is_rescored_and_written_only_when_a_fact_changed() -> 
     assert lapsed.seq == len(buys), "a re-score is not an event"
 
 
-def test_the_sweep_takes_at_most_its_limit_plus_one_per_record() -> None:
+def _stored_on_one_partition(v: View, n: int) -> list[str]:
+    """``n`` customers of c1's partition, stored (each bought on day 1)."""
     home = key_partition(b"c1", PARTITIONS)
     ids = [c for c in (f"s{i}" for i in range(5000)) if key_partition(c.encode(), PARTITIONS) == home]
-    v = view()
-    store_result(v, fold_batch(records([purchase(10, day=1, customer_id=c) for c in ids[:150]]),
+    store_result(v, fold_batch(records([purchase(10, day=1, customer_id=c) for c in ids[:n]]),
                                v, policy(), LIMITS, NOW))  # fmt: skip
-    v.due_keys = [c.encode() for c in ids[:150]]
+    return ids[:n]
+
+
+def test_a_batch_sweeps_one_customer_per_record() -> None:
+    """A backfill's pace; the backlog of a jump of stream time waits for idle chunks."""
+    v = view()
+    ids = _stored_on_one_partition(v, 150)
+    v.due_keys = [c.encode() for c in ids]
     two = records([purchase(10, day=20, customer_id="c1"), survey(9, day=20, customer_id="c1")],
                   start=500)  # fmt: skip
     result = fold_batch(two, v, policy(), LIMITS, NOW)
-    assert LIMITS.sweep_limit == 100
-    assert result.swept == 102 and len(v.due_keys) == 48, "the rest wait, earliest first"
-    assert set(result.rescored) | set(result.states) >= {c.encode() for c in ids[:102]}
+    assert result.swept == 2 and len(v.due_keys) == 148, "the rest wait, earliest first"
+    assert set(result.rescored) | set(result.states) == {c.encode() for c in ids[:2]} | {b"c1"}
+
+
+def test_an_idle_chunk_sweeps_at_most_its_limit_as_of_stream_time() -> None:
+    v = view()
+    ids = _stored_on_one_partition(v, 150)
+    home = key_partition(b"c1", PARTITIONS)
+    v.clock[home] = at(days=40)
+    v.due_keys = [c.encode() for c in ids]
+    chunk = sweep_batch([home], v, policy(), 100, NOW)
+    assert chunk.swept == 100 and len(v.due_keys) == 50
+    assert chunk.clock == {home: at(days=40)}
+    swept = {**chunk.rescored, **chunk.states}
+    assert set(swept) == {c.encode() for c in ids[:100]}
+    assert {st.churn_as_of for _, st in swept.values()} == {at(days=40)}
+    assert all(part == home for part, _ in swept.values())
+
+
+def test_an_idle_chunk_shares_its_limit_among_the_partitions() -> None:
+    v = view()
+    ids = [f"p{i}" for i in range(400)]
+    store_result(v, fold_batch(records([purchase(10, day=1, customer_id=c) for c in ids]),
+                               v, policy(), LIMITS, NOW))  # fmt: skip
+    for part in range(PARTITIONS):
+        v.clock[part] = at(days=40)
+    v.due_keys = [c.encode() for c in ids]
+    chunk = sweep_batch(range(PARTITIONS), v, policy(), 40, NOW)
+    per_partition = Counter(part for part, _ in {**chunk.rescored, **chunk.states}.values())
+    assert per_partition == dict.fromkeys(range(PARTITIONS), 10)
+
+
+def test_an_idle_chunk_without_stream_time_sweeps_nothing() -> None:
+    v = view()
+    ids = _stored_on_one_partition(v, 5)
+    v.clock.clear()  # as after a restart, before any record or timer moved it
+    v.due_keys = [c.encode() for c in ids]
+    chunk = sweep_batch([key_partition(b"c1", PARTITIONS)], v, policy(), 100, NOW)
+    assert chunk.swept == 0 and len(v.due_keys) == 5 and not chunk.states

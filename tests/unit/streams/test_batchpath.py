@@ -284,6 +284,12 @@ def test_faust_internals_the_batch_path_uses() -> None:
     # rebalance wait for records nobody will ack.
     init = inspect.getsource(c.__init__)
     assert "self._unacked_messages = WeakSet()" in init
+    # BatchConsumer.aside: a rebalance waits through wait_empty, which it extends, after
+    # stopping the flow, which it reads.
+    import faust
+
+    assert "consumer.wait_empty()" in inspect.getsource(faust.App._consumer_wait_empty)  # noqa: SLF001
+    assert "self.flow_active = False" in inspect.getsource(c.stop_flow)
 
 
 async def test_a_taken_batch_stamps_its_partitions_for_faust_liveness_check(
@@ -321,3 +327,50 @@ async def test_a_count_triggered_commit_does_not_hold_the_fetch_loop(
     assert consumer.feed is not None and offsets(await consumer.feed.take(10, 0.0)) == [0, 1]
     assert commits == ["started"]  # one commit at a time, in the background
     release.set()
+
+
+async def test_wait_reports_records_without_taking_them() -> None:
+    feed = Feed([INPUT], max_records=10)
+    assert not await feed.wait(0.01)
+    waiting = asyncio.create_task(feed.wait(5.0))
+    await asyncio.sleep(0)  # the wait is parked on the empty feed
+    assert not waiting.done()
+    await feed.put(batch(range(0, 2)))
+    assert await asyncio.wait_for(waiting, 5.0)
+    assert len(feed) == 2 and await feed.wait(0.0)
+    assert offsets(await feed.take(10, 0.0)) == [0, 1]
+
+
+async def test_a_rebalance_waits_for_the_work_aside(consumer: BatchConsumer) -> None:
+    """The idle sweep writes changelogs like a batch: wait_empty must wait for it."""
+    release, steps = asyncio.Event(), []
+
+    async def sweep() -> int:
+        steps.append("sweep started")
+        await release.wait()
+        steps.append("sweep delivered")
+        return 7
+
+    running = asyncio.create_task(consumer.aside(sweep()))
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(consumer.wait_empty())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert steps == ["sweep started"] and not waiting.done()
+    release.set()
+    assert await asyncio.wait_for(running, 5.0) == 7
+    await asyncio.wait_for(waiting, 5.0)
+    assert steps == ["sweep started", "sweep delivered"]
+
+
+async def test_no_work_aside_while_the_flow_is_stopped(consumer: BatchConsumer) -> None:
+    ran = []
+
+    async def sweep() -> int:
+        ran.append(1)
+        return 1
+
+    consumer.stop_flow()
+    assert await consumer.aside(sweep()) is None and ran == []
+    consumer.resume_flow()
+    assert await consumer.aside(sweep()) == 1 and ran == [1]

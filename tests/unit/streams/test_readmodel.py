@@ -67,3 +67,17 @@ def test_a_dropped_customer_is_no_longer_scheduled() -> None:
     assert model.pending(3) == 1
     model.advance(3, WALL, WALL)
     assert model.take_due(3, 10) == [b"b"] and model.pending(3) == 0
+
+
+def test_has_due_sees_the_backlog_past_superseded_entries() -> None:
+    model = ReadModel()
+    model.record(b"c1", 0, CustomerState(customer_id="c1"), JAN)
+    assert not model.has_due(0), "no stream time yet"
+    model.advance(0, MAY, WALL)
+    assert model.has_due(0) and not model.has_due(1)
+    model.record(b"c1", 0, CustomerState(customer_id="c1"), WALL)  # January's entry superseded
+    assert not model.has_due(0)
+    assert model.pending(0) == 1 and model.take_due(0, 10) == []
+    model.advance(0, WALL, WALL)
+    assert model.has_due(0) and model.take_due(0, 10) == [b"c1"]
+    assert not model.has_due(0)
