@@ -55,6 +55,7 @@ class ServiceMetrics:
     restored_records: Counter
     restore_seconds: Counter
     gc_pause: Histogram
+    loop_lag: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> ServiceMetrics:
@@ -98,6 +99,14 @@ class ServiceMetrics:
                 "feedback_gc_pause_seconds",
                 "Pauses of the Python garbage collector (the whole process stops), by generation",
                 ["generation"],
+                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+                registry=reg,
+            ),  # fmt: skip
+            loop_lag=Histogram(
+                "feedback_event_loop_lag_seconds",
+                "How late the worker's event loop woke a task that slept LOOP_PROBE_S: time the "
+                "loop was held by one piece of work (a batch, a timer), which every record and "
+                "HTTP request arriving meanwhile waits out",
                 buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                 registry=reg,
             ),  # fmt: skip

@@ -490,7 +490,8 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     warm_s = round(WARM_MIN_S + time.monotonic() - began)
     backlog = worker.metric("feedback_sweep_due_customers")
     base = {n: histogram(worker.port, n) for n in LATENCY_METRICS}
-    done = worker.metric(*COUNTED)
+    batches = (worker.metric("feedback_batch_events_sum"), worker.metric("feedback_batch_events_count"))
+    done, cpu = worker.metric(*COUNTED), worker.cpu_s()
     n = int(rate * seconds)
     asyncio.run(produce(bootstrap, topics, n, customers, skip=skip + warm, rate=rate,
                         create=False, live=True))  # fmt: skip
@@ -503,6 +504,10 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     out: dict[str, Any] = {"rate_events_per_s": round(rate), "events": n, "produced": warm + n,
                            "warm_up_s": warm_s, "sweep_backlog_after_warm_up": backlog,
                            "settled": done_warming}  # fmt: skip
+    out["cpu_us_per_event"] = round((worker.cpu_s() - cpu) / n * 1e6)
+    taken = worker.metric("feedback_batch_events_count") - batches[1]
+    out["mean_batch_events"] = round((worker.metric("feedback_batch_events_sum") - batches[0])
+                                     / taken, 1) if taken > 0 else None  # fmt: skip
     for name in LATENCY_METRICS:
         now = dict(histogram(worker.port, name))
         delta = [(le, now[le] - dict(base[name]).get(le, 0.0)) for le in sorted(now)]
@@ -511,7 +516,13 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     return out
 
 
-LATENCY_METRICS = ("feedback_event_latency_seconds", "feedback_alert_latency_seconds")
+LATENCY_METRICS = ("feedback_event_latency_seconds", "feedback_alert_latency_seconds",
+                   "feedback_batch_processing_seconds", "feedback_event_loop_lag_seconds")
+# What the latency section's table shows, with its label.
+LATENCY_ROWS = (("feedback_event_latency_seconds", "produce -> state written"),
+                ("feedback_alert_latency_seconds", "produce -> alert delivered"),
+                ("feedback_batch_processing_seconds", "one batch, start to delivered"),
+                ("feedback_event_loop_lag_seconds", "event loop held (lag of a 50 ms probe)"))
 WARM_MIN_S, WARM_MAX_S = 30, 300
 
 
@@ -671,10 +682,13 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
                f"live events to the caught-up pipeline worker: {lat['warm_up_s']} s warm-up, "
                f"after which {lat['sweep_backlog_after_warm_up']:.0f} customers were due for a "
                f"re-score ({'settled' if lat['settled'] else 'not settled: the worker had not worked off the jump of stream time'}), "
-               f"20 s measured), {lat['events']} events, from the worker's histograms:\n\n"
+               f"20 s measured), {lat['events']} events in batches of "
+               f"{lat.get('mean_batch_events')} on average and {lat.get('cpu_us_per_event')} us "
+               "of worker CPU per event, from the worker's histograms:\n\n"
                "| path | count | p50 ms | p99 ms |\n|---|---|---|---|\n")
-        for name, label in (("feedback_event_latency_seconds", "produce -> state written"),
-                            ("feedback_alert_latency_seconds", "produce -> alert delivered")):
+        for name, label in LATENCY_ROWS:
+            if name not in lat:
+                continue  # a results file from before the row was measured
             h = lat[name]
             md += f"| {label} | {h['count']} | {h['p50_ms']} | {h['p99_ms']} |\n"
     return md

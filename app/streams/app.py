@@ -21,6 +21,10 @@ from app.streams.tables import (
 )
 
 _ATTR = "feedback_processor"
+# The event-loop probe sleeps this long between looks (20 wake-ups a second cost nothing
+# measurable). A hold of the loop shows as the part of it past the probe's wake-up time,
+# so the figure is at most the hold, never more.
+LOOP_PROBE_S = 0.05
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
@@ -151,6 +155,16 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def watch_collector() -> None:
         """Garbage-collector pauses on /metrics; a task, so only a running worker watches."""
         collector.watch(metrics.gc_pause)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def watch_event_loop() -> None:
+        """How long the event loop is held at a time (feedback_event_loop_lag_seconds): a
+        record or request that arrives meanwhile waits that long, whatever held it."""
+        loop = asyncio.get_running_loop()
+        while not app.should_stop:
+            slept = loop.time()
+            await asyncio.sleep(LOOP_PROBE_S)
+            metrics.loop_lag.observe(max(0.0, loop.time() - slept - LOOP_PROBE_S))
 
     @app.task  # type: ignore[untyped-decorator]
     async def warm_producer_metadata() -> None:

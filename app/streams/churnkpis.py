@@ -1,15 +1,14 @@
 """Churn KPIs across workers: counted per owned partition, shared through the summaries topic.
 
 Counts per (period, group) are additive (app/domain/churn_kpi.py), so a
-report merges this worker's partitions (recounted from the read model every
-``FEEDBACK_CHURN_KPI_INTERVAL`` seconds; a full pass over the rows, kept off
-the per-event path) with the other partitions' latest summaries.
+report merges this worker's partitions (read every ``FEEDBACK_CHURN_KPI_INTERVAL``
+seconds from the read model's tally, which takes in the customers whose lifecycle
+changed since the last time) with the other partitions' latest summaries.
 """
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -24,31 +23,9 @@ from app.streams.summaries import PartitionSummaries
 
 KPI_PERIODS = 5  # periods counted and shared: the current one and four before it
 GAUGE_GROUPS = ("overall", "tier:A", "tier:B", "tier:C")
-# A recount may take at most this share of the worker's time (see Pacer).
-RECOUNT_SHARE = 0.05
-
-
-class Pacer:
-    """Spaces full recounts so they take at most ``share`` of the worker's time.
-
-    The recount is a pure-Python pass over every row: in its thread it still holds
-    the GIL, so while it runs the batches wait. At 100,000 customers in a backfill
-    (where every customer is new within the periods, so none takes the cheap path)
-    it took 13% of the worker's samples at one recount per 30 s (py-spy, README
-    Benchmark). The KPIs count months and quarters, so a figure a little older is
-    worth more than the events it would stall: after a recount that took ``t``
-    seconds of CPU, the next one waits at least ``t * (1 / share - 1)``.
-    """
-
-    def __init__(self, share: float = RECOUNT_SHARE) -> None:
-        self.share = share
-        self.next_at = float("-inf")
-
-    def due(self, now: float) -> bool:
-        return now >= self.next_at
-
-    def took(self, now: float, seconds: float) -> None:
-        self.next_at = now + seconds * (1.0 / self.share - 1.0)
+# Changed rows taken into the KPI tally per step of a recount: each step holds the event
+# loop for about 10-20 ms (two Tally.add calls a row), then gives it back to the batches.
+SYNC_CHUNK = 500
 
 
 class ChurnKpis:
@@ -64,25 +41,25 @@ class ChurnKpis:
         self.as_of: datetime | None = None
         self._alerted: set[str] = set()
 
-    def recount(self, owned: set[int]) -> float:
-        """Count the owned partitions' customers for every period kind; returns the CPU
-        seconds it took (of the thread it ran in)."""
-        started = time.thread_time()
-        self._recount(owned)
-        return time.thread_time() - started
+    async def recount(self, owned: set[int]) -> None:
+        """Take the rows whose lifecycle changed since the last recount into the tally
+        (ReadModel.kpi_sync), a chunk at a time, then read the owned partitions' counts.
 
-    def _recount(self, owned: set[int]) -> None:
+        Its cost follows the customers that were first seen, lapsed, won back or changed
+        tier or segment, not the table: the full pass over every row it replaces held
+        the interpreter lock for seconds at 100,000 customers once most had lapsed, and
+        every batch waited (README, Benchmark).
+        """
+        while self.readmodel.kpi_sync(SYNC_CHUNK):
+            await asyncio.sleep(0)
         clocks = [t for p in owned if (t := self.readmodel.stream_time(p)) is not None]
         if not clocks:
             self.local = {}
             return
-        self.as_of = max(clocks)
-        rows: dict[int, list[Any]] = defaultdict(list)
-        for row in list(self.readmodel.rows.values()):  # a snapshot: the loop keeps writing
-            if row.partition in owned:
-                rows[row.partition].append(row)
-        self.local = {p: {k: churn_kpi.count(rows.get(p, []), k, self.as_of, KPI_PERIODS)
-                          for k in PERIODS} for p in owned}  # fmt: skip
+        self.as_of = as_of = max(clocks)
+        tally = self.readmodel.kpi
+        self.local = {p: {k: tally.counts(p, k, as_of, KPI_PERIODS) for k in PERIODS}
+                      for p in owned}  # fmt: skip
 
     def shared(self, partition: int) -> dict[str, dict[str, list[float]]]:
         """The partition's counts in the summary's JSON form."""

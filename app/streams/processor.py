@@ -25,7 +25,7 @@ from app.domain.events import encode
 from app.metrics import ServiceMetrics
 from app.settings import Settings
 from app.streams import collector, store
-from app.streams.churnkpis import ChurnKpis, Pacer
+from app.streams.churnkpis import ChurnKpis
 from app.streams.clock import StreamClock
 from app.streams.delivery import Delivery
 from app.streams.ownership import Ownership
@@ -88,7 +88,6 @@ class BatchProcessor:
             topic_alert_actions=settings.topic_alert_actions,
         )  # fmt: skip
         self.kpis = ChurnKpis(settings, metrics, self.readmodel, summaries)
-        self.kpi_pacer = Pacer()
         self.queries = Queries(settings, metrics, customers, nps_tallies, self.states,
                                self.readmodel, self.ownership, summaries, self.kpis,
                                self.live, self.clock)  # fmt: skip
@@ -278,19 +277,11 @@ class BatchProcessor:
         await self.live.refit_rhythm(self.readmodel)
 
     async def refresh_churn_kpis(self) -> None:
-        """Recount this worker's churn KPIs (shared with the next summaries) and set gauges.
-
-        The recount is a pass over this worker's rows: it runs in a thread so the
-        event loop (heartbeats, batches) keeps going at a million customers.
-        """
+        """Recount this worker's churn KPIs (shared with the next summaries) and set gauges."""
         if not self.ownership.ready():
             return
-        loop = asyncio.get_running_loop()
-        if not self.kpi_pacer.due(loop.time()):
-            return
         owned = set(self.ownership.owned)
-        took = await loop.run_in_executor(None, self.kpis.recount, owned)
-        self.kpi_pacer.took(loop.time(), took)
+        await self.kpis.recount(owned)
         self.kpis.set_gauges(owned)
         if "churn_safety_line" in self.settings.alert_rules:
             alerts = self.kpis.safety_line_alerts(owned, datetime.now(UTC))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.domain import churn_kpi
 from app.domain.batch import FUTURE_TOLERANCE
 from app.domain.customer import CustomerState
 
@@ -71,6 +72,11 @@ class ReadModel:
         self._scheduled: dict[int, int] = {}  # partition -> keys with a current heap entry
         self._clock: dict[int, datetime] = {}
         self._newest: dict[int, datetime] = {}
+        # The churn KPIs' tally, and the rows whose lifecycle changed since it last took
+        # them in: key -> the row as the tally has it (None: not in it). See kpi_sync.
+        self.kpi = churn_kpi.Tally()
+        self._kpi_dirty: dict[bytes, Row | None] = {}
+        self._kpi_syncing: dict[bytes, Row | None] = {}
 
     # -- the stream clock ------------------------------------------------------------
 
@@ -90,7 +96,7 @@ class ReadModel:
 
     def record(self, key: bytes, partition: int, state: CustomerState, due: datetime) -> None:
         seg = state.segment
-        self.rows[key] = Row(
+        self._put(key, Row(
             partition, state.customer_id, state.churn_risk, state.high_value, state.value_tier,
             float(state.trailing_revenue), _ts(state.first_seen_at or state.first_purchase_at
                                                or state.last_event_at),
@@ -102,8 +108,41 @@ class ReadModel:
             tuple((c.alert_id, c.rule, c.status, c.opened_at.timestamp(),
                    c.contact_due_at.timestamp(), c.contacted_at is not None)
                   for c in state.cases if c.is_open),
-        )  # fmt: skip
+        ))  # fmt: skip
         self.schedule(key, partition, due.timestamp())
+
+    def _put(self, key: bytes, row: Row) -> None:
+        old = self.rows.get(key)
+        self.rows[key] = row
+        if old is None or _lifecycle(old) != _lifecycle(row):
+            self._kpi_changed(key, old)
+
+    def _kpi_changed(self, key: bytes, old: Row | None) -> None:
+        """Note that ``key``'s row no longer matches the tally (``old`` is what the tally
+        has, unless the key is already noted or being taken in)."""
+        if key not in self._kpi_dirty and key not in self._kpi_syncing:
+            self._kpi_dirty[key] = old
+
+    def kpi_sync(self, limit: int) -> bool:
+        """Take up to ``limit`` changed rows into the KPI tally; True while some of the rows
+        that had changed when this round began are left.
+
+        A round takes the rows noted so far; rows that change meanwhile wait for the
+        next round, except those of the round not taken in yet (taken in as they are
+        then). Bounded steps, so the caller can give the event loop back in between.
+        """
+        syncing = self._kpi_syncing
+        if not syncing:
+            syncing = self._kpi_syncing = self._kpi_dirty
+            self._kpi_dirty = {}
+        for _ in range(min(limit, len(syncing))):
+            key, before = syncing.popitem()
+            row = self.rows.get(key)
+            if before is not None:
+                self.kpi.add(before.partition, before, -1)
+            if row is not None:
+                self.kpi.add(row.partition, row)
+        return bool(syncing)
 
     def schedule(self, key: bytes, partition: int, due: float) -> None:
         """(Re)schedule ``key``; the entry it had stays in the heap, skipped when popped.
@@ -175,6 +214,8 @@ class ReadModel:
     def drop(self, key: bytes) -> None:
         """An erased customer: its row and its schedule go (a heap entry left is skipped)."""
         row = self.rows.pop(key, None)
+        if row is not None:
+            self._kpi_changed(key, row)
         if self._due.pop(key, None) is not None and row is not None:
             self._scheduled[row.partition] -= 1
 
@@ -185,6 +226,11 @@ class ReadModel:
         for key in [k for k, r in self.rows.items() if r.partition in gone]:
             del self.rows[key]
             self._due.pop(key, None)
+        self.kpi.forget(gone)
+        for noted in (self._kpi_dirty, self._kpi_syncing):
+            for key, before in noted.items():
+                if before is not None and before.partition in gone:
+                    noted[key] = None  # its partition's tally is gone with it
         for p in gone:
             self._heaps.pop(p, None)
             self._scheduled.pop(p, None)
@@ -213,7 +259,7 @@ class ReadModel:
                         _ts(_dt(x.get("won_back_at"))) if x.get("won_back_at") else None)
                        for x in d.get("lapses", []))  # fmt: skip
         first = _dt(d.get("first_seen_at")) or _dt(d.get("first_purchase_at")) or last
-        self.rows[key] = Row(
+        self._put(key, Row(
             partition, d["customer_id"], float(d.get("churn_risk", 0.0)),
             bool(d.get("high_value", False)), str(d.get("value_tier", "C")), revenue,
             _ts(first), d.get("lapsed_at") is not None, lapses,
@@ -222,7 +268,7 @@ class ReadModel:
             tuple((c["alert_id"], c["rule"], c["status"], _ts(_dt(c["opened_at"])),
                    _ts(_dt(c["contact_due_at"])), c.get("contacted_at") is not None)
                   for c in d.get("cases", []) if c["status"] not in ("resolved", "dismissed")),
-        )  # fmt: skip
+        ))  # fmt: skip
         scored = _dt(d.get("churn_as_of")) or last or wall
         self.schedule(key, partition, (scored + timedelta(days=1)).timestamp())
         return revenue
@@ -290,6 +336,11 @@ def _segment(
     if len(_SEGMENTS) > 100_000:  # segments are meant to be few; never grow without bound
         return seg
     return _SEGMENTS.setdefault(seg, seg)
+
+
+def _lifecycle(row: Row) -> tuple[object, ...]:
+    """What the churn KPIs count a row by (churn_kpi.Lifecycle)."""
+    return row.partition, row.tier, row.segment, row.first_seen, row.lapses
 
 
 def _rfm_of(state: CustomerState) -> tuple[int, float, float] | None:

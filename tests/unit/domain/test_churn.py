@@ -181,6 +181,29 @@ def test_counts_equal_the_definitions_applied_customer_by_customer(
         rows, kind, KPI_AS_OF, periods)
 
 
+@given(kpi_rows(), kpi_rows(), st.sampled_from(churn_kpi.PERIODS))
+def test_customers_taken_out_of_the_tally_leave_it_as_if_never_added(
+    kept: list[Row], gone: list[Row], kind: churn_kpi.Period
+) -> None:
+    tally = churn_kpi.Tally()
+    for r in gone + kept:
+        tally.add(3, r)
+    for r in gone:
+        tally.add(3, r, sign=-1)
+    assert tally.counts(3, kind, KPI_AS_OF, 5) == reference_count(kept, kind, KPI_AS_OF, 5)
+    assert tally.counts(4, kind, KPI_AS_OF, 5) == {}, "another partition counts nothing"
+
+
+def test_a_lapse_stamped_before_first_sighting_counts_as_the_definitions_say() -> None:
+    # Stream time can be behind a customer's own newest events (a topic read ahead), so a
+    # lapse can carry an earlier time than a late event that moved first sighting back.
+    odd = [row(datetime(2026, 4, 20, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC), 80.0),
+           row(datetime(2026, 5, 2, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC), 10.0,
+               won=datetime(2026, 4, 3, tzinfo=UTC))]  # fmt: skip
+    for kind in churn_kpi.PERIODS:
+        assert churn_kpi.count(odd, kind, KPI_AS_OF, 5) == reference_count(odd, kind, KPI_AS_OF, 5)
+
+
 def test_a_customer_first_seen_within_the_periods_is_new_once_then_in_the_base() -> None:
     as_of = datetime(2026, 5, 15, tzinfo=UTC)
     counts = churn_kpi.count([row(datetime(2026, 4, 1, tzinfo=UTC))], "month", as_of, 3)
