@@ -63,11 +63,10 @@ class LivePolicy:
         self._rhythm_at = 0.0
         self._rhythm_fitting = False
 
-    def recut(self, pareto: ParetoMirror, owned: set[int], remote: Any,
-              force: bool = False) -> Policy:  # fmt: skip
+    def recut(self, pareto: ParetoMirror, owned: set[int], remote: Any) -> Policy:
         """New Pareto boundaries into the policy (and the cutoff gauges)."""
-        cutoffs = pareto.cutoffs(self.policy.value_policy.top_share, owned, remote, force)
-        if cutoffs is None:
+        cutoffs = pareto.cutoffs(self.policy.value_policy.top_share, owned, remote)
+        if cutoffs == self.policy.cutoffs:
             return self.policy
         self.policy = policy_from(self.settings, cutoffs, self.model)
         for tier, cut in (("A", cutoffs.a), ("B", cutoffs.b)):

@@ -273,7 +273,7 @@ class BatchProcessor:
             }  # fmt: skip
             await self.summaries.publish(producer, p, summary)
         if self.policy.value_policy.top_share > 0:
-            self.live.recut(self.pareto, owned, self.summaries.remote, force=True)
+            self.live.recut(self.pareto, owned, self.summaries.remote)
         await self.live.refit_rhythm(self.readmodel)
 
     async def refresh_churn_kpis(self) -> None:

@@ -4,10 +4,10 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+from app.domain import churn_kpi
 from app.domain.customer import CustomerState, Lapse
 from app.metrics import ServiceMetrics
 from app.settings import load_settings
-from app.domain import churn_kpi
 from app.streams.churnkpis import ChurnKpis
 from app.streams.readmodel import ReadModel
 from app.streams.summaries import Received
