@@ -38,7 +38,7 @@ def test_cutoffs_after_any_changes_equal_the_sorting_rule(
     remote = {p: weighted(vs, limit=7) for p, vs in remote_values.items()}
     for p, pts in remote.items():
         received.receive(p, json.dumps({"revenues": pts}).encode())
-    owned = {0, 1}  # partition 2 is mirrored but no longer owned: left out
+    owned = {0, 1, 2}
     for i, (part, n, revenue) in enumerate(changes):
         key = b"c%d" % n
         if revenue is None:
@@ -56,6 +56,9 @@ def test_cutoffs_after_any_changes_equal_the_sorting_rule(
     assert pareto.cutoffs(share, owned, received) == sorting_rule(expected, owned, remote, share)
     pareto.invalidate()  # what an indexing pass after an assignment does: ordered again
     assert pareto.cutoffs(share, owned, received) == sorting_rule(expected, owned, remote, share)
+    pareto.keep_only({0, 1})  # partition 2 revoked: its customers leave the count
+    assert pareto.cutoffs(share, {0, 1}, received) == sorting_rule(
+        expected, {0, 1}, remote, share)
 
 
 def test_dirty_until_counted_and_after_any_change() -> None:
