@@ -103,6 +103,8 @@ def test_prometheus_reads_the_workers_domain_metrics(
     assert scalar(prom, 'sum(feedback_dead_letters_total{reason="not_json"})') == 1
     assert scalar(prom, 'sum(feedback_alerts_total{rule="detractor"})') == 1
     assert scalar(prom, "sum(feedback_event_latency_seconds_count)") == 4
+    # The event-loop probe looks 20 times a second, whatever the traffic.
+    assert (scalar(prom, "feedback_event_loop_lag_seconds_count") or 0) > 0
     poll(lambda: scalar(prom, 'feedback_segment_nps{segment="overall",window="30d"}') == 0.0,
          60, "segment NPS gauge (overall 30d: 1 P, 1 Pa, 1 D = 0)", worker)  # fmt: skip
     assert scalar(prom, 'feedback_segment_responses{segment="region:eu",window="7d"}') == 2
