@@ -1,0 +1,137 @@
+"""What a live event costs the worker, at a steady rate, after a backfill: CPU, batches, phases.
+
+    python -m bench.live [--events 300000] [--customers 100000] [--rate 1500 3000]
+                         [--warm 60] [--seconds 40] [--set FEEDBACK_X=VALUE]
+
+``bench.throughput``'s latency run measures 20 s right after the worker has worked off
+the jump of stream time; this one holds the live rate steady for longer and reports
+where the worker's time goes at each rate, to tell a cost per event from a cost per
+second or per batch. Per rate: a fresh broker, the backfill of ``--events`` simulated
+events, a worker that reads it, ``--warm`` seconds of live events (each happening as
+it is produced), then ``--seconds`` measured: worker CPU per event and share of a core,
+batches and their mean size, the batch phases per event (wall time, as
+``feedback_batch_phase_seconds``), the sweep's re-scores, garbage-collector pauses,
+and how busy the whole machine was (broker and producer included).
+Results: bench/results/live-<time>.json/.md with the machine described.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.local import kafka
+from bench import report
+from bench.throughput import COUNTED, WorkerProcess, machine, pipeline, produce, worker_env
+
+PHASES = ("fold", "deliver", "after", "idle_sweep")
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def snapshot(w: WorkerProcess) -> dict[str, float]:
+    out = {"cpu": w.cpu_s(), "counted": w.metric(*COUNTED),
+           "batches": w.metric("feedback_batch_events_count"),
+           "batch_events": w.metric("feedback_batch_events_sum"),
+           "swept": w.metric("feedback_sweep_rescored_total"),
+           "gc": w.metric("feedback_gc_pause_seconds_sum")}  # fmt: skip
+    for p in PHASES:
+        out[p] = w.metric(f'feedback_batch_phase_seconds_total{{phase="{p}"}}')
+    return out
+
+
+def measure(events: int, customers: int, rate: float, warm: float, seconds: float,
+            extra: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="feedback-live-") as tmp:
+        data = Path(tmp)
+        info = kafka.up(port=kafka.free_port(), data_dir=data / "kafka", heap="1g")
+        try:
+            tag = uuid.uuid4().hex[:8]
+            topics = {k: f"live-{k}-{tag}" for k in ("survey", "purchase", "complaint")}
+            asyncio.run(produce(info.bootstrap, topics, events, customers))
+            env = worker_env(info.bootstrap, topics, data / "worker", extra)
+            out: dict[str, Any] = {}
+
+            def live(w: WorkerProcess, backfill_rate: float) -> dict[str, Any]:
+                n_warm, n = int(rate * warm), int(rate * seconds)
+                asyncio.run(produce(info.bootstrap, topics, n_warm, customers, skip=events,
+                                    rate=rate, create=False, live=True))  # fmt: skip
+                before, m0, t0 = snapshot(w), machine_busy(), time.monotonic()
+                asyncio.run(produce(info.bootstrap, topics, n, customers, skip=events + n_warm,
+                                    rate=rate, create=False, live=True))  # fmt: skip
+                deadline = time.monotonic() + 600
+                while w.metric(*COUNTED) < before["counted"] + n:
+                    w.check()
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the worker did not count the live events in 600 s")
+                    time.sleep(0.1)
+                after, m1, elapsed = snapshot(w), machine_busy(), time.monotonic() - t0
+                d = {k: after[k] - before[k] for k in after}
+                per = 1e6 / d["counted"]
+                out.update({
+                    "rate": rate, "backfill_events_per_s": round(backfill_rate),
+                    "events": int(d["counted"]), "seconds": round(elapsed, 1),
+                    "cpu_us_per_event": round(d["cpu"] * per),
+                    "worker_busy": round(d["cpu"] / elapsed, 2),
+                    "machine_busy_cores": round(2 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 2),
+                    "batches": int(d["batches"]),
+                    "mean_batch": round(d["batch_events"] / max(1.0, d["batches"]), 1),
+                    "phase_us_per_event": {p: round(d[p] * per, 1) for p in PHASES},
+                    "swept": int(d["swept"]), "gc_us_per_event": round(d["gc"] * per, 1),
+                })  # fmt: skip
+                return out
+
+            pipeline([env], events, data / "worker.log", live)
+            return out
+        finally:
+            kafka.down(data / "kafka")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--events", type=int, default=300_000)
+    p.add_argument("--customers", type=int, default=100_000)
+    p.add_argument("--rate", type=float, nargs="+", default=[1500.0, 3000.0])
+    p.add_argument("--warm", type=float, default=60.0)
+    p.add_argument("--seconds", type=float, default=40.0)
+    p.add_argument("--set", action="append", default=[], metavar="FEEDBACK_X=VALUE")
+    args = p.parse_args()
+    extra = dict(item.split("=", 1) for item in args.set)
+    runs = [measure(args.events, args.customers, r, args.warm, args.seconds, extra)
+            for r in args.rate]  # fmt: skip
+    result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+              "events": args.events, "customers": args.customers, "warm_s": args.warm,
+              "worker_settings": extra, "runs": runs}  # fmt: skip
+    m = result["machine"]
+    md = [f"# Live cost {result['when']}", "",
+          f"Machine: {m['cpus']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, Python "
+          f"{m['python']}, Kafka {m['kafka']} (local, same machine).", "",
+          f"Command: `python -m bench.live --events {args.events} --customers {args.customers} "
+          f"--rate {' '.join(f'{r:g}' for r in args.rate)} --warm {args.warm:g} "
+          f"--seconds {args.seconds:g}`", "",
+          "| rate | events | worker CPU per event | worker busy | machine busy (cores) | "
+          "batches, mean size | fold / deliver / after per event (wall) | swept | gc per event |",
+          "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in runs:
+        ph = r["phase_us_per_event"]
+        md.append(f"| {r['rate']:g}/s | {r['events']} | {r['cpu_us_per_event']} us | "
+                  f"{r['worker_busy']} | {r['machine_busy_cores']} | {r['batches']}, "
+                  f"{r['mean_batch']} | {ph['fold']} / {ph['deliver']} / {ph['after']} us | "
+                  f"{r['swept']} | {r['gc_us_per_event']} us |")  # fmt: skip
+    text = "\n".join(md) + "\n"
+    report.save("live", report.stamp(), result, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
