@@ -118,7 +118,8 @@ def main() -> None:
           f"{m['python']}, Kafka {m['kafka']} (local, same machine).", "",
           f"Command: `python -m bench.live --events {args.events} --customers {args.customers} "
           f"--rate {' '.join(f'{r:g}' for r in args.rate)} --warm {args.warm:g} "
-          f"--seconds {args.seconds:g}`", "",
+          f"--seconds {args.seconds:g}{''.join(f' --set {k}={v}' for k, v in extra.items())}`",
+          "",
           "| rate | events | worker CPU per event | worker busy | machine busy (cores) | "
           "batches, mean size | fold / deliver / after per event (wall) | swept | gc per event |",
           "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
