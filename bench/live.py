@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.local import kafka
 from bench import report
-from bench.throughput import COUNTED, WorkerProcess, machine, pipeline, produce, worker_env
+from bench.throughput import (
+    COUNTED,
+    WorkerProcess,
+    fresh_broker,
+    machine,
+    pipeline,
+    produce,
+    worker_env,
+)
 
 PHASES = ("fold", "deliver", "after", "idle_sweep")
 
@@ -52,49 +57,42 @@ def snapshot(w: WorkerProcess) -> dict[str, float]:
 
 def measure(events: int, customers: int, rate: float, warm: float, seconds: float,
             extra: dict[str, str]) -> dict[str, Any]:  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="feedback-live-") as tmp:
-        data = Path(tmp)
-        info = kafka.up(port=kafka.free_port(), data_dir=data / "kafka", heap="1g")
-        try:
-            tag = uuid.uuid4().hex[:8]
-            topics = {k: f"live-{k}-{tag}" for k in ("survey", "purchase", "complaint")}
-            asyncio.run(produce(info.bootstrap, topics, events, customers))
-            env = worker_env(info.bootstrap, topics, data / "worker", extra)
-            out: dict[str, Any] = {}
+    with fresh_broker("live") as (info, topics, data):
+        asyncio.run(produce(info.bootstrap, topics, events, customers))
+        env = worker_env(info.bootstrap, topics, data / "worker", extra)
+        out: dict[str, Any] = {}
 
-            def live(w: WorkerProcess, backfill_rate: float) -> dict[str, Any]:
-                n_warm, n = int(rate * warm), int(rate * seconds)
-                asyncio.run(produce(info.bootstrap, topics, n_warm, customers, skip=events,
-                                    rate=rate, create=False, live=True))  # fmt: skip
-                before, m0, t0 = snapshot(w), machine_busy(), time.monotonic()
-                asyncio.run(produce(info.bootstrap, topics, n, customers, skip=events + n_warm,
-                                    rate=rate, create=False, live=True))  # fmt: skip
-                deadline = time.monotonic() + 600
-                while w.metric(*COUNTED) < before["counted"] + n:
-                    w.check()
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the worker did not count the live events in 600 s")
-                    time.sleep(0.1)
-                after, m1, elapsed = snapshot(w), machine_busy(), time.monotonic() - t0
-                d = {k: after[k] - before[k] for k in after}
-                per = 1e6 / d["counted"]
-                out.update({
-                    "rate": rate, "backfill_events_per_s": round(backfill_rate),
-                    "events": int(d["counted"]), "seconds": round(elapsed, 1),
-                    "cpu_us_per_event": round(d["cpu"] * per),
-                    "worker_busy": round(d["cpu"] / elapsed, 2),
-                    "machine_busy_cores": round(2 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 2),
-                    "batches": int(d["batches"]),
-                    "mean_batch": round(d["batch_events"] / max(1.0, d["batches"]), 1),
-                    "phase_us_per_event": {p: round(d[p] * per, 1) for p in PHASES},
-                    "swept": int(d["swept"]), "gc_us_per_event": round(d["gc"] * per, 1),
-                })  # fmt: skip
-                return out
-
-            pipeline([env], events, data / "worker.log", live)
+        def live(w: WorkerProcess, backfill_rate: float) -> dict[str, Any]:
+            n_warm, n = int(rate * warm), int(rate * seconds)
+            asyncio.run(produce(info.bootstrap, topics, n_warm, customers, skip=events,
+                                rate=rate, create=False, live=True))  # fmt: skip
+            before, m0, t0 = snapshot(w), machine_busy(), time.monotonic()
+            asyncio.run(produce(info.bootstrap, topics, n, customers, skip=events + n_warm,
+                                rate=rate, create=False, live=True))  # fmt: skip
+            deadline = time.monotonic() + 600
+            while w.metric(*COUNTED) < before["counted"] + n:
+                w.check()
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the worker did not count the live events in 600 s")
+                time.sleep(0.1)
+            after, m1, elapsed = snapshot(w), machine_busy(), time.monotonic() - t0
+            d = {k: after[k] - before[k] for k in after}
+            per = 1e6 / d["counted"]
+            out.update({
+                "rate": rate, "backfill_events_per_s": round(backfill_rate),
+                "events": int(d["counted"]), "seconds": round(elapsed, 1),
+                "cpu_us_per_event": round(d["cpu"] * per),
+                "worker_busy": round(d["cpu"] / elapsed, 2),
+                "machine_busy_cores": round(2 * (m1[0] - m0[0]) / max(1, m1[1] - m0[1]), 2),
+                "batches": int(d["batches"]),
+                "mean_batch": round(d["batch_events"] / max(1.0, d["batches"]), 1),
+                "phase_us_per_event": {p: round(d[p] * per, 1) for p in PHASES},
+                "swept": int(d["swept"]), "gc_us_per_event": round(d["gc"] * per, 1),
+            })  # fmt: skip
             return out
-        finally:
-            kafka.down(data / "kafka")
+
+        pipeline([env], events, data / "worker.log", live)
+        return out
 
 
 def main() -> None:

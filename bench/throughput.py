@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -35,7 +36,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -530,6 +531,20 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+@contextlib.contextmanager
+def fresh_broker(prefix: str) -> Iterator[tuple[kafka.BrokerInfo, dict[str, str], Path]]:
+    """A local broker of its own in a temporary directory (stopped after), with the run's
+    input topic names (``<prefix>-<kind>-<tag>``, created by the first ``produce``)."""
+    with tempfile.TemporaryDirectory(prefix=f"feedback-{prefix}-") as tmp:
+        data = Path(tmp)
+        info = kafka.up(port=kafka.free_port(), data_dir=data / "kafka", heap="1g")
+        try:
+            tag = uuid.uuid4().hex[:8]
+            yield info, {k: f"{prefix}-{k}-{tag}" for k in ("survey", "purchase", "complaint")}, data
+        finally:
+            kafka.down(data / "kafka")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
@@ -551,57 +566,50 @@ def main() -> None:
         "events": args.events, "customers": args.customers, "partitions": PARTITIONS,
         "worker_settings": extra,
     }  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="feedback-bench-") as tmp:
-        data = Path(tmp)
-        info = kafka.up(port=kafka.free_port(), data_dir=data / "kafka", heap="1g")
-        try:
-            tag = uuid.uuid4().hex[:8]
-            topics = {k: f"bench-{k}-{tag}" for k in ("survey", "purchase", "complaint")}
-            t = time.perf_counter()
-            asyncio.run(produce(info.bootstrap, topics, args.events, args.customers))
-            result["produce_seconds"] = round(time.perf_counter() - t, 1)
-            result["floor_raw_consume"] = asyncio.run(
-                read_floor(info.bootstrap, topics, args.events, decode=False))
-            result["floor_decode_validate"] = asyncio.run(
-                read_floor(info.bootstrap, topics, args.events, decode=True))
-            result["floor_aiokafka_decode_validate_fold"] = asyncio.run(
-                floor(info.bootstrap, topics, args.events))
-            env = worker_env(info.bootstrap, topics, data / "worker", extra)
-            log = Path(os.environ.get("BENCH_LOG", data / "worker.log"))
+    with fresh_broker("bench") as (info, topics, data):
+        t = time.perf_counter()
+        asyncio.run(produce(info.bootstrap, topics, args.events, args.customers))
+        result["produce_seconds"] = round(time.perf_counter() - t, 1)
+        result["floor_raw_consume"] = asyncio.run(
+            read_floor(info.bootstrap, topics, args.events, decode=False))
+        result["floor_decode_validate"] = asyncio.run(
+            read_floor(info.bootstrap, topics, args.events, decode=True))
+        result["floor_aiokafka_decode_validate_fold"] = asyncio.run(
+            floor(info.bootstrap, topics, args.events))
+        env = worker_env(info.bootstrap, topics, data / "worker", extra)
+        log = Path(os.environ.get("BENCH_LOG", data / "worker.log"))
 
-            def paced(worker: WorkerProcess, rate: float) -> dict[str, Any]:
-                return latency(worker, info.bootstrap, topics, args.events, args.customers,
-                               rate=rate * args.latency_share)  # fmt: skip
+        def paced(worker: WorkerProcess, rate: float) -> dict[str, Any]:
+            return latency(worker, info.bootstrap, topics, args.events, args.customers,
+                           rate=rate * args.latency_share)  # fmt: skip
 
-            full = result["pipeline_faust_worker"] = pipeline(
-                [env], args.events, log, None if args.skip_latency else paced)
-            if full["then"] is not None:
-                result["latency"] = full["then"]
-            if args.workers > 1:
-                # Two workers of one group on fresh topics' copy: the same records again.
-                group = worker_env(info.bootstrap, topics, data / "group-0", extra)
-                envs = [{**group, "FEEDBACK_DATA_DIR": str(data / f"group-{i}"),
-                         "FEEDBACK_WEB_PORT": str(kafka.free_port())}
-                        for i in range(args.workers)]  # fmt: skip
-                result["pipeline_workers_in_one_group"] = pipeline(envs, args.events, log)
-            if not args.skip_recovery:
-                records, span, keys = asyncio.run(changelog_records(
-                    info.bootstrap, f"{env['FEEDBACK_APP_ID']}-customer_state_by_customer-changelog"))
-                result["changelog"] = {"records_in_log": records, "offset_span": span,
-                                       "distinct_keys": keys}  # fmt: skip
-                probes = iter(range(2))
+        full = result["pipeline_faust_worker"] = pipeline(
+            [env], args.events, log, None if args.skip_latency else paced)
+        if full["then"] is not None:
+            result["latency"] = full["then"]
+        if args.workers > 1:
+            # Two workers of one group on fresh topics' copy: the same records again.
+            group = worker_env(info.bootstrap, topics, data / "group-0", extra)
+            envs = [{**group, "FEEDBACK_DATA_DIR": str(data / f"group-{i}"),
+                     "FEEDBACK_WEB_PORT": str(kafka.free_port())}
+                    for i in range(args.workers)]  # fmt: skip
+            result["pipeline_workers_in_one_group"] = pipeline(envs, args.events, log)
+        if not args.skip_recovery:
+            records, span, keys = asyncio.run(changelog_records(
+                info.bootstrap, f"{env['FEEDBACK_APP_ID']}-customer_state_by_customer-changelog"))
+            result["changelog"] = {"records_in_log": records, "offset_span": span,
+                                   "distinct_keys": keys}  # fmt: skip
+            probes = iter(range(2))
 
-                def probe() -> None:
-                    # One more live event of the simulation, after all the others produced.
-                    skip = args.events + (full["then"] or {}).get("produced", 0)
-                    asyncio.run(produce(info.bootstrap, topics, 1, args.customers,
-                                        skip=skip + next(probes), create=False, live=True))  # fmt: skip
+            def probe() -> None:
+                # One more live event of the simulation, after all the others produced.
+                skip = args.events + (full["then"] or {}).get("produced", 0)
+                asyncio.run(produce(info.bootstrap, topics, 1, args.customers,
+                                    skip=skip + next(probes), create=False, live=True))  # fmt: skip
 
-                result["recovery_empty_state_dir"] = recovery(
-                    {**env, "FEEDBACK_DATA_DIR": str(data / "fresh")}, log, records, probe)
-                result["recovery_own_state_dir"] = recovery(env, log, records, probe)
-        finally:
-            kafka.down(data / "kafka")
+            result["recovery_empty_state_dir"] = recovery(
+                {**env, "FEEDBACK_DATA_DIR": str(data / "fresh")}, log, records, probe)
+            result["recovery_own_state_dir"] = recovery(env, log, records, probe)
     full = result["pipeline_faust_worker"]
     dv = result["floor_decode_validate"]
     result["ratio_pipeline_to_decode_floor"] = round(full["events_per_s"] / dv["events_per_s"], 3)
