@@ -21,6 +21,7 @@ class ServiceMetrics:
     rekeyed: Counter
     batch_seconds: Histogram
     batch_phase_seconds: Counter
+    delivery_step_seconds: Counter
     batch_size: Histogram
     event_latency: Histogram
     event_time_lag: Histogram
@@ -93,6 +94,14 @@ class ServiceMetrics:
                 "(producing and storing), after (caches and metrics); idle_sweep: the sweep's "
                 "chunks while no records wait, all three phases",
                 ["phase"],
+                registry=reg,
+            ),
+            delivery_step_seconds=Counter(
+                "feedback_delivery_step_seconds",
+                "Wall time of each step of the deliver phase, in its write order: alerts, "
+                "tallies, states (with dead letters and re-routed records), erasures; each "
+                "waits for the broker's acknowledgement",
+                ["step"],
                 registry=reg,
             ),
             gc_pause=Histogram(

@@ -36,6 +36,7 @@ from bench.throughput import (
 )
 
 PHASES = ("fold", "deliver", "after", "idle_sweep")
+STEPS = ("alerts", "tallies", "states")
 
 
 def machine_busy() -> tuple[int, int]:
@@ -52,6 +53,8 @@ def snapshot(w: WorkerProcess) -> dict[str, float]:
            "gc": w.metric("feedback_gc_pause_seconds_sum")}  # fmt: skip
     for p in PHASES:
         out[p] = w.metric(f'feedback_batch_phase_seconds_total{{phase="{p}"}}')
+    for s in STEPS:
+        out[f"step_{s}"] = w.metric(f'feedback_delivery_step_seconds_total{{step="{s}"}}')
     return out
 
 
@@ -87,6 +90,8 @@ def measure(events: int, customers: int, rate: float, warm: float, seconds: floa
                 "batches": int(d["batches"]),
                 "mean_batch": round(d["batch_events"] / max(1.0, d["batches"]), 1),
                 "phase_us_per_event": {p: round(d[p] * per, 1) for p in PHASES},
+                "delivery_ms_per_batch": {s: round(d[f"step_{s}"] * 1e3 / max(1.0, d["batches"]), 2)
+                                          for s in STEPS},  # fmt: skip
                 "swept": int(d["swept"]), "gc_us_per_event": round(d["gc"] * per, 1),
             })  # fmt: skip
             return out
@@ -119,13 +124,15 @@ def main() -> None:
           f"--seconds {args.seconds:g}{''.join(f' --set {k}={v}' for k, v in extra.items())}`",
           "",
           "| rate | events | worker CPU per event | worker busy | machine busy (cores) | "
-          "batches, mean size | fold / deliver / after per event (wall) | swept | gc per event |",
-          "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+          "batches, mean size | fold / deliver / after per event (wall) | "
+          "deliver steps per batch: alerts / tallies / states | swept | gc per event |",
+          "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in runs:
         ph = r["phase_us_per_event"]
         md.append(f"| {r['rate']:g}/s | {r['events']} | {r['cpu_us_per_event']} us | "
                   f"{r['worker_busy']} | {r['machine_busy_cores']} | {r['batches']}, "
                   f"{r['mean_batch']} | {ph['fold']} / {ph['deliver']} / {ph['after']} us | "
+                  f"{' / '.join(str(r['delivery_ms_per_batch'][s]) for s in STEPS)} ms | "
                   f"{r['swept']} | {r['gc_us_per_event']} us |")  # fmt: skip
     text = "\n".join(md) + "\n"
     report.save("live", report.stamp(), result, text)

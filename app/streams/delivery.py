@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -51,18 +52,27 @@ class Delivery:
 
     async def deliver(self, result: BatchResult) -> dict[bytes, bytes]:
         """Deliver in the order above; returns the stored bytes of each customer written."""
+        steps = self.metrics.delivery_step_seconds
+        t0 = time.perf_counter()
         await self.alerts(result.alerts)
+        t1 = time.perf_counter()
         await store.write(
             self.producer, self.tallies,
             [(k, store.dump_tally(t), store.tally_partition(k)) for k, t in result.tallies.items()],
         )  # fmt: skip
+        t2 = time.perf_counter()
         sends = [await self.dead_letter(rec, exc) for rec, exc in result.dead]
         sends += [await self.reroute(rec, key) for rec, key in result.reroute]
         raws = {key: store.dump_state(state) for key, (_, state) in result.states.items()}
         writes = [(key, raws[key], part) for key, (part, _) in result.states.items()]
         await store.write(self.producer, self.customers, writes, sends)
+        t3 = time.perf_counter()
         if result.erased:
             await self.forget(result)
+            steps.labels("erasures").inc(time.perf_counter() - t3)
+        steps.labels("alerts").inc(t1 - t0)
+        steps.labels("tallies").inc(t2 - t1)
+        steps.labels("states").inc(t3 - t2)
         return raws
 
     async def alerts(self, alerts: list[tuple[Alert, float]]) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from app.domain.customer import CustomerState
 from app.streams import store
-from app.streams.readmodel import COMPACT_SLACK, ReadModel
+from app.streams.readmodel import ReadModel
 
 JAN, MAY = datetime(2025, 1, 20, tzinfo=UTC), datetime(2025, 5, 22, tzinfo=UTC)
 WALL = datetime(2026, 11, 23, tzinfo=UTC)
@@ -36,26 +39,25 @@ def test_due_counts_the_sweeps_backlog_as_of_stream_time() -> None:
     model.advance(0, MAY, WALL)
     assert model.due(0) == 3  # January and the two in May
     model.record(b"c1", 0, CustomerState(customer_id="c1"), WALL)  # re-scheduled later
-    assert model.due(0) == 2 and model.pending(0) == 4  # the old heap entry no longer counts
+    assert model.due(0) == 2 and model.pending(0) == 4  # c1's old time no longer counts
     assert len(model.take_due(0, 10)) == 2 and model.due(0) == 0
     assert model.pending(0) == 2  # c1 (re-scheduled to WALL) and c3 are still scheduled
 
 
 def test_a_schedule_rewritten_many_times_stays_as_small_as_its_customers() -> None:
-    """Live, superseded entries only leave the heap when their time comes: without
-    compaction it grew with every write."""
+    """Live, a busy customer is re-scheduled at every write: the schedule holds its
+    current time only (the heap it replaced kept every superseded entry until its time)."""
     model = ReadModel()
     start = WALL.timestamp()
     for i in range(20_000):
         model.schedule(b"busy", 0, start + 60.0 * (i + 1))  # each write moves its next look
     model.schedule(b"quiet", 0, start + 30.0)
-    heap = model._heaps[0]  # noqa: SLF001 - the size is what this test is about
-    assert len(heap) <= 2 * 2 + COMPACT_SLACK + 1
+    entries = model._schedules[0]  # noqa: SLF001 - the size is what this test is about
+    assert list(entries) == [(start + 30.0, b"quiet"), (start + 60.0 * 20_000, b"busy")]
     assert model.pending(0) == 2
     later = datetime.fromtimestamp(start + 60.0 * 30_000, UTC)
     model.advance(0, later, later)
-    # every entry is popped once: the stale ones skipped, the current ones taken
-    assert sorted(model.take_due(0, 100)) == [b"busy", b"quiet"]
+    assert model.take_due(0, 100) == [b"quiet", b"busy"]  # earliest first
     assert model.take_due(0, 100) == [] and model.pending(0) == 0
 
 
@@ -81,3 +83,34 @@ def test_has_due_sees_the_backlog_past_superseded_entries() -> None:
     model.advance(0, WALL, WALL)
     assert model.has_due(0) and model.take_due(0, 10) == [b"c1"]
     assert not model.has_due(0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["schedule", "drop", "take"]),
+                          st.integers(0, 7), st.integers(0, 40), st.integers(1, 5)),
+                max_size=80))  # fmt: skip
+def test_the_schedule_takes_exactly_what_a_plain_dict_of_due_times_says(
+    steps: list[tuple[str, int, int, int]],
+) -> None:
+    """Against the rule itself: each customer has at most one due time; take_due gives
+    the due ones earliest first (ties by key), up to the limit, and unschedules them."""
+    model, due = ReadModel(), {}
+    model.advance(0, datetime.fromtimestamp(WALL.timestamp() + 20, UTC), WALL)
+    for op, k, t, limit in steps:
+        key = f"c{k}".encode()
+        if op == "schedule":
+            model.record(key, 0, CustomerState(customer_id=key.decode()),
+                         datetime.fromtimestamp(WALL.timestamp() + t, UTC))  # fmt: skip
+            due[key] = WALL.timestamp() + t
+        elif op == "drop":
+            model.drop(key)
+            due.pop(key, None)
+        else:
+            ready = sorted((at, k) for k, at in due.items() if at <= WALL.timestamp() + 20)
+            expected = [k for _, k in ready[:limit]]
+            assert model.take_due(0, limit) == expected
+            for k in expected:
+                del due[k]
+        assert model.pending(0) == len(due)
+        assert model.due(0) == sum(at <= WALL.timestamp() + 20 for at in due.values())
+        assert model.has_due(0) == any(at <= WALL.timestamp() + 20 for at in due.values())
