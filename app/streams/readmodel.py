@@ -2,8 +2,9 @@
 
 Derived from the customers table (rebuilt by one scan when partitions are
 assigned, then kept current by every write), so it is a cache, never state.
-The schedule is an ordered list per partition of (when time next matters, key):
-the sweep takes only what is due as stream time passes, so re-scoring costs
+The schedule is a calendar queue per partition of when time next matters for each
+customer (schedule.py): the sweep takes only what is due as stream time passes, so
+re-scoring costs
 in proportion to the customers whose risk can have changed, not the table.
 
 Stream time of a partition (one clock per partition number: the inputs are
@@ -15,18 +16,16 @@ exactly as live traffic does.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sortedcontainers import SortedList
-
 from app.domain import churn_kpi
 from app.domain.batch import FUTURE_TOLERANCE
 from app.domain.customer import CustomerState
+from app.streams.schedule import Schedule
 
 RISK_BUCKETS = ("low", "medium", "high")
 
@@ -67,8 +66,8 @@ class ReadModel:
 
     def __init__(self) -> None:
         self.rows: dict[bytes, Row] = {}
-        # partition -> (due, key) of every scheduled key, in order; key -> its due time
-        self._schedules: dict[int, SortedList[tuple[float, bytes]]] = {}
+        # partition -> its schedule; key -> its due time (a key's partition never changes)
+        self._schedules: dict[int, Schedule] = {}
         self._due: dict[bytes, float] = {}
         self._clock: dict[int, datetime] = {}
         self._newest: dict[int, datetime] = {}
@@ -145,43 +144,26 @@ class ReadModel:
         return bool(syncing)
 
     def schedule(self, key: bytes, partition: int, due: float) -> None:
-        """(Re)schedule ``key``: its entry moves to ``due``.
-
-        An ordered list rather than a heap: a heap cannot move an entry, so a superseded
-        one stayed until its time came (1 to 30 days ahead, live), the heap grew with
-        the writes rather than the customers, and it had to be compacted now and then,
-        which held the event loop about 65 ms per partition at 12,500 customers (10x at
-        a million). Here a move is two O(log n) steps and nothing is ever compacted.
-        """
+        """(Re)schedule ``key``: its entry moves to ``due`` (schedule.py: why not a heap)."""
         current = self._due.get(key)
         if current == due:
             return
         entries = self._schedules.get(partition)
         if entries is None:
-            entries = self._schedules[partition] = SortedList()
+            entries = self._schedules[partition] = Schedule()
         if current is not None:
-            entries.discard((current, key))
+            entries.remove(key, current)
         self._due[key] = due
-        entries.add((due, key))
-
-    def _due_count(self, partition: int) -> int:
-        """How many of the partition's entries are at or before its stream time."""
-        now = self._clock.get(partition)
-        entries = self._schedules.get(partition)
-        if now is None or not entries:
-            return 0
-        # the float after stream time, with the smallest key: after every entry due by then
-        return int(entries.bisect_left((math.nextafter(now.timestamp(), math.inf), b"")))
+        entries.add(key, due)
 
     def take_due(self, partition: int, limit: int) -> list[bytes]:
         """Keys whose next check is at or before the partition's stream time (at most limit),
         earliest first; they are no longer scheduled."""
-        n = min(limit, self._due_count(partition))
-        if n <= 0:
+        now = self._clock.get(partition)
+        entries = self._schedules.get(partition)
+        if now is None or entries is None or limit <= 0:
             return []
-        entries = self._schedules[partition]
-        taken = [key for _, key in entries[:n]]
-        del entries[:n]
+        taken = [key for _, key in entries.take(now.timestamp(), limit)]
         for key in taken:
             self._due.pop(key, None)
         return taken
@@ -190,9 +172,7 @@ class ReadModel:
         """Some customer's next check is at or before the partition's stream time."""
         now = self._clock.get(partition)
         entries = self._schedules.get(partition)
-        if not entries or now is None:
-            return False
-        return bool(entries[0][0] <= now.timestamp())
+        return entries is not None and now is not None and entries.any_due(now.timestamp())
 
     def pending(self, partition: int) -> int:
         """Customers of the partition with a scheduled re-score."""
@@ -201,8 +181,13 @@ class ReadModel:
 
     def due(self, partition: int) -> int:
         """Customers whose next check is at or before the partition's stream time: the
-        sweep's backlog (after stream time jumps, every customer at once)."""
-        return self._due_count(partition)
+        sweep's backlog (after stream time jumps, every customer at once). A pass over
+        the partition's buckets: for the sampled gauges."""
+        now = self._clock.get(partition)
+        entries = self._schedules.get(partition)
+        if now is None or entries is None:
+            return 0
+        return entries.count(now.timestamp())
 
     def drop(self, key: bytes) -> None:
         """An erased customer: its row and its schedule go."""
@@ -213,7 +198,7 @@ class ReadModel:
         if due is not None and row is not None:
             entries = self._schedules.get(row.partition)
             if entries is not None:
-                entries.discard((due, key))
+                entries.remove(key, due)
 
     def forget(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
