@@ -76,13 +76,19 @@ class Delivery:
         return raws
 
     async def alerts(self, alerts: list[tuple[Alert, float]]) -> None:
+        """Each alert on its key's partition (the default partitioner's, as the erasure
+        tombstones are sent), in order, as closed record batches (producer.py)."""
         if not alerts:
             return
-        futs = [
-            await self.producer.send(self.topic_alerts, a.customer_id.encode(), encode(a),
-                                     None, None, None)
-            for a, _ in alerts
-        ]  # fmt: skip
+        n = await self.producer.partition_count(self.topic_alerts)
+        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for a, _ in alerts:
+            key = a.customer_id.encode()
+            by_partition.setdefault(key_partition(key, n), []).append((key, encode(a)))
+        futs = []
+        for part, records in by_partition.items():
+            sent = await self.producer.send_records(self.topic_alerts, part, records)
+            futs += [fut for fut, _ in sent]
         await asyncio.gather(*futs)
 
     async def forget(self, result: BatchResult) -> None:

@@ -8,6 +8,11 @@ to aiokafka record batches (``create_batch`` / ``send_batch``, aiokafka's public
 and waits on one future per batch; the broker gives a batch consecutive offsets, so
 the last record's offset is the batch's base offset plus its count less one.
 
+Alerts take the same path, grouped by the partition the default partitioner gives
+their key (tables.key_partition, the same murmur2): a record sent alone waits out the
+producer's linger (10 ms) before it goes, and a batch's alerts are the first of its
+three broker round trips (delivery.py).
+
 Private API touched: Faust's ``Producer._ensure_producer`` (the aiokafka producer it
 owns), which the processor already uses for topic metadata.
 """
@@ -53,6 +58,11 @@ class BatchingProducer:
         if n:
             sent.append((await self._send(producer, batch, topic, partition), n))
         return sent
+
+    async def partition_count(self, topic: str) -> int:
+        """The topic's partitions as the producer knows them (aiokafka's public
+        ``partitions_for``, which waits for metadata the first time)."""
+        return len(await self.faust_producer._ensure_producer().partitions_for(topic))
 
     @staticmethod
     async def _send(producer: Any, batch: Any, topic: str, partition: int) -> Any:

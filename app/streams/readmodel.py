@@ -137,6 +137,9 @@ class ReadModel:
         for _ in range(min(limit, len(syncing))):
             key, before = syncing.popitem()
             row = self.rows.get(key)
+            if before is not None and row is not None and before.partition == row.partition:
+                self.kpi.move(row.partition, before, row)
+                continue
             if before is not None:
                 self.kpi.add(before.partition, before, -1)
             if row is not None:

@@ -1,5 +1,6 @@
 """Churn risk (features, MBG/NBD, the logistic fusion) and the churn KPIs of DOMAIN.md."""
 
+import dataclasses
 import math
 import random
 from datetime import UTC, datetime, timedelta
@@ -192,6 +193,24 @@ def test_customers_taken_out_of_the_tally_leave_it_as_if_never_added(
         tally.add(3, r, sign=-1)
     assert tally.counts(3, kind, KPI_AS_OF, 5) == reference_count(kept, kind, KPI_AS_OF, 5)
     assert tally.counts(4, kind, KPI_AS_OF, 5) == {}, "another partition counts nothing"
+
+
+@given(kpi_rows(), kpi_rows(), st.sampled_from(churn_kpi.PERIODS))
+def test_moving_customers_to_a_new_lifecycle_counts_as_the_new_rows_do(
+    old: list[Row], new: list[Row], kind: churn_kpi.Period
+) -> None:
+    """``move`` touches only the cells that differ: it must end where taking each old row
+    out and putting its new one in does (the reference definitions of the new rows).
+    Pairs share a tier now and then, so a move within the same groups is drawn too."""
+    pairs = list(zip(old, new, strict=False))
+    same_groups = [(a, dataclasses.replace(b, tier=a.tier, segment=a.segment)) for a, b in pairs]
+    tally = churn_kpi.Tally()
+    for a, _ in pairs + same_groups:
+        tally.add(3, a)
+    for a, b in pairs + same_groups:
+        tally.move(3, a, b)
+    moved = [b for _, b in pairs + same_groups]
+    assert tally.counts(3, kind, KPI_AS_OF, 5) == reference_count(moved, kind, KPI_AS_OF, 5)
 
 
 def test_a_lapse_stamped_before_first_sighting_counts_as_the_definitions_say() -> None:

@@ -111,6 +111,9 @@ class Producer:
         return [(await self.send(topic, key, value, partition, None, None), 1)
                 for key, value in records]  # fmt: skip
 
+    async def partition_count(self, topic: str) -> int:
+        return PARTITIONS
+
     def changelog(self, topic: str) -> dict[bytes, bytes]:
         """The compacted changelog: the last value per key, tombstones removing it."""
         out: dict[bytes, bytes] = {}

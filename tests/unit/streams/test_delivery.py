@@ -11,11 +11,13 @@ from app.domain.batch import BatchResult, Record, fold_batch
 from app.domain.events import ErasureRequest, encode
 from app.streams import store
 from app.streams.delivery import Delivery
+from app.streams.tables import key_partition
 from tests.unit.domain.factory import at, purchase, survey
 from tests.unit.streams.batchkit import (
     ERASURE,
     LIMITS,
     NOW,
+    PARTITIONS,
     SURVEYS,
     Metrics,
     Producer,
@@ -83,6 +85,25 @@ def test_write_order_alerts_then_tallies_then_states_with_dead_letters() -> None
     assert firsts == sorted(firsts) and lasts[0] < firsts[1] and lasts[1] < firsts[2]
     # Dead letters are sent after the tallies and awaited with the customer states.
     assert lasts[1] < topics.index(DEAD) < lasts[2]
+
+
+def test_each_alert_goes_to_its_keys_default_partition_in_order() -> None:
+    """Where the producer's default partitioner puts the key, so an erasure's tombstone
+    (sent without a partition) lands on the same partition of the alert topic."""
+    events = [ev for i in range(8) for ev in (purchase(5000, day=1, customer_id=f"v{i}"),
+                                              survey(2, day=2, customer_id=f"v{i}"))]  # fmt: skip
+    world, producer = World(), Producer()
+    result = fold_batch(records(events), View(world.customers, world.tallies, policy()),
+                        policy(), LIMITS, NOW)  # fmt: skip
+    decided = [(a.customer_id.encode(), a.alert_id) for a, _ in result.alerts]
+    asyncio.run(world.delivery(producer).deliver(result))
+    sent = [(key, partition, json.loads(value)["alert_id"])
+            for topic, key, value, partition in producer.sent if topic == ALERTS]  # fmt: skip
+    assert len({key_partition(k, PARTITIONS) for k, _ in decided}) > 1, "several partitions"
+    assert sorted(a for _, _, a in sent) == sorted(a for _, a in decided)
+    for part in range(PARTITIONS):
+        on_it = [a for k, a in decided if key_partition(k, PARTITIONS) == part]
+        assert [a for _, p, a in sent if p == part] == on_it  # in the fold's order
 
 
 def test_the_local_store_holds_only_what_its_changelog_has() -> None:

@@ -78,5 +78,14 @@ def test_the_producer_api_it_uses() -> None:
     params = inspect.signature(AIOKafkaProducer.send_batch).parameters
     assert list(params)[:3] == ["self", "batch", "topic"] and "partition" in params
     assert callable(AIOKafkaProducer.create_batch)
+    assert inspect.iscoroutinefunction(AIOKafkaProducer.partitions_for)
+
+
+def test_partition_count_is_the_producers_metadata() -> None:
+    class Meta(Aio):
+        async def partitions_for(self, topic: str) -> set[int]:
+            return {0, 1, 2} if topic == "alerts" else {0}
+
+    assert asyncio.run(BatchingProducer(FaustLike(Meta(room=1))).partition_count("alerts")) == 3
     # A closed batch is sent without waiting out the producer's linger.
     assert "self._builder.closed()" in inspect.getsource(MessageBatch.remaining_linger)
