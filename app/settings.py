@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     fetch_mib: int = Field(8, ge=1, le=64)
     changelog_segment_mib: int = Field(16, ge=1, le=1024)
     session_timeout: float = Field(30.0, ge=6, le=300)
+    standby_replicas: int = Field(1, ge=0, le=8)
 
     churn_model_file: Path | None = None
     lapse_p_alive: float = Field(0.5, gt=0.0, lt=1.0)

@@ -317,12 +317,18 @@ def pipeline(
         t0 = c0 = 0.0
         cpu0: list[float] = []
         count = 0.0
+        # Each worker's count every 5 s from the first counted event: with several workers,
+        # who worked when (a rebalance shows as a flat stretch).
+        progress: list[list[float]] = []
         while time.monotonic() < deadline:
-            count = sum(w.metric(*COUNTED) for w in workers)
+            counts = [w.metric(*COUNTED) for w in workers]
+            count = sum(counts)
             now = time.perf_counter()
             if count > 0 and not t0:
                 t0, c0 = now, count
                 cpu0 = [w.cpu_s() for w in workers]
+            if t0 and now - t0 >= 5 * len(progress):
+                progress.append([round(now - t0, 1), *counts])
             if count >= n:
                 break
             for w in workers:
@@ -363,7 +369,7 @@ def pipeline(
             "swept_customers": swept,
             "alerts": alerts, "alerts_by_rule_first_worker": by_rule,
             "events_by_outcome": outcomes, "partitions_indexed": indexed,
-            "gc_first_worker": collections, "then": after}  # fmt: skip
+            "gc_first_worker": collections, "progress": progress, "then": after}  # fmt: skip
 
 
 async def changelog_records(bootstrap: str, topic: str) -> tuple[int, int, int]:

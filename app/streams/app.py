@@ -73,6 +73,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         # collection of the garbage collector walked; the rest stays in aiokafka's buffers.
         broker_max_poll_records=settings.batch_size,
         broker_session_timeout=settings.session_timeout,
+        table_standby_replicas=settings.standby_replicas,
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
         topic_allow_declare=True,
         web_in_thread=False,
