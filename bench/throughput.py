@@ -208,6 +208,33 @@ async def floor(bootstrap: str, topics: dict[str, str], n: int) -> dict[str, flo
     return await consume_timed(bootstrap, topics, n, on_batch)
 
 
+def faust_noop(bootstrap: str, topics: dict[str, str], n: int, data: Path,
+               log: Path) -> dict[str, float]:  # fmt: skip
+    """Faust's own per-message path into an agent that only counts (bench/faust_noop.py),
+    timed by the agent from its first batch to its last."""
+    out = data / "noop.json"
+    env = {**os.environ, "NOOP_BOOTSTRAP": bootstrap, "NOOP_TOPICS": ",".join(topics.values()),
+           "NOOP_EVENTS": str(n), "NOOP_OUT": str(out), "NOOP_DATA": str(data / "noop")}  # fmt: skip
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.faust_noop", "worker", "-l", "warn"],
+                                env=env, stdout=f, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + max(300, n / 500)
+        while not out.exists():
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the Faust no-op agent exited {proc.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Faust no-op agent did not count {n} records in time")
+            time.sleep(0.1)
+        got = json.loads(out.read_text())
+    finally:
+        proc.kill()
+        proc.wait(60)
+    return {"events": got["events"], "seconds": round(got["seconds"], 3),
+            "events_per_s": round(got["events"] / got["seconds"])}  # fmt: skip
+
+
 def metric_sum(port: int, names: tuple[str, ...]) -> float:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -596,6 +623,8 @@ def main() -> None:
             floor(info.bootstrap, topics, args.events))
         env = worker_env(info.bootstrap, topics, data / "worker", extra)
         log = Path(os.environ.get("BENCH_LOG", data / "worker.log"))
+        result["floor_faust_noop_agent"] = faust_noop(info.bootstrap, topics, args.events, data,
+                                                      log)  # fmt: skip
 
         def paced(worker: WorkerProcess, rate: float) -> dict[str, Any]:
             return latency(worker, info.bootstrap, topics, args.events, args.customers,
@@ -642,6 +671,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             ("floor: + decode + validate", result["floor_decode_validate"]),
             ("floor: + fold + re-score (state in a dict)",
              result["floor_aiokafka_decode_validate_fold"]),
+            *([("floor: Faust no-op agent (take_events, counts only)",
+                result["floor_faust_noop_agent"])] if "floor_faust_noop_agent" in result else []),
             ("pipeline: feedback worker (Faust, RocksDB, changelogs, alerts)", full)]  # fmt: skip
     if "pipeline_workers_in_one_group" in result:
         group = result["pipeline_workers_in_one_group"]

@@ -106,9 +106,31 @@ async def test_clear_drops_what_is_queued_and_frees_a_waiting_put() -> None:
     await feed.put(batch(range(0, 3)))
     blocked = asyncio.create_task(feed.put(batch(range(3, 5))))
     await asyncio.sleep(0.01)
-    assert feed.clear() == 3
+    assert offsets(feed.clear()) == [0, 1, 2]
     await asyncio.wait_for(blocked, timeout=5.0)
     assert offsets(await feed.take(10, 0.0)) == [3, 4]
+
+
+async def test_a_stopped_feed_takes_nothing_until_started() -> None:
+    feed = Feed([INPUT], max_records=3)
+    await feed.put(batch(range(0, 2)))
+    assert offsets(feed.stop()) == [0, 1]
+    assert await feed.put(batch(range(2, 3))) is False and len(feed) == 0
+    feed.start()
+    assert await feed.put(batch(range(3, 4))) is True
+    assert offsets(await feed.take(10, 0.0)) == [3]
+
+
+async def test_a_put_waiting_for_room_gives_up_when_the_feed_stops() -> None:
+    """Else it would queue its fetch after the stop had dropped the rest: processed while
+    the partitions are being revoked."""
+    feed = Feed([INPUT], max_records=3)
+    await feed.put(batch(range(0, 3)))
+    blocked = asyncio.create_task(feed.put(batch(range(3, 5))))
+    await asyncio.sleep(0.01)
+    feed.stop()
+    assert await asyncio.wait_for(blocked, timeout=5.0) is False
+    assert len(feed) == 0
 
 
 # -- the consumer ------------------------------------------------------------------------
@@ -185,6 +207,43 @@ async def test_stop_flow_drops_what_the_feed_holds(consumer: BatchConsumer) -> N
     assert consumer.feed is not None
     await consumer.feed.put(batch(range(0, 3)))
     consumer.stop_flow()
+    assert len(consumer.feed) == 0
+
+
+async def test_records_dropped_by_a_stopped_flow_are_not_waited_for_while_still_referenced(
+    consumer: BatchConsumer,
+) -> None:
+    """The two-worker hang: the fetch loop still referenced the last record of its last
+    fetch (a local variable) while the rebalance's ``wait_empty`` waited for every tracked
+    record to be acked or collected. A batch the processor took stays tracked: the
+    rebalance must wait for its ack."""
+    fetched = [message(INPUT, 0), message(INPUT, 1), message(INPUT, 2)]
+    await drain(consumer, fetched)
+    assert consumer.feed is not None
+    in_flight = await consumer.feed.take(1, 0.0)  # the processor's batch
+    consumer.stop_flow()
+    pending = {m.offset for m in consumer.unacked if m.topic == INPUT}
+    assert pending == {0}, "only the batch being processed holds the rebalance"
+    assert in_flight == [fetched[0]] and len(fetched) == 3  # the others are still referenced
+    consumer.resume_flow()
+    assert consumer.feed is not None and await consumer.feed.put(batch(range(3, 4))) is True
+
+
+async def test_a_fetch_the_flow_stopped_while_it_waited_for_room_is_not_waited_for(
+    consumer: BatchConsumer,
+) -> None:
+    assert consumer.feed is not None
+    await consumer.feed.put(batch(range(0, consumer.feed.max_records)))  # full
+    fetched = [message(INPUT, 100), message(INPUT, 101)]
+    loop_task = asyncio.create_task(drain(consumer, fetched))
+    for _ in range(100):  # until the loop has tracked the fetch and waits for room
+        if {m.offset for m in consumer.unacked} >= {100, 101}:
+            break
+        await asyncio.sleep(0.01)
+    assert {m.offset for m in consumer.unacked} >= {100, 101}
+    consumer.stop_flow()
+    await asyncio.wait_for(loop_task, timeout=5.0)
+    assert not [m for m in consumer.unacked if m.offset in (100, 101)]
     assert len(consumer.feed) == 0
 
 
