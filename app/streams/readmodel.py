@@ -66,9 +66,7 @@ class ReadModel:
 
     def __init__(self) -> None:
         self.rows: dict[bytes, Row] = {}
-        # partition -> its schedule; key -> its due time (a key's partition never changes)
-        self._schedules: dict[int, Schedule] = {}
-        self._due: dict[bytes, float] = {}
+        self._schedules: dict[int, Schedule] = {}  # a key's partition never changes
         self._clock: dict[int, datetime] = {}
         self._newest: dict[int, datetime] = {}
         # The churn KPIs' tally, and the rows whose lifecycle changed since it last took
@@ -148,16 +146,10 @@ class ReadModel:
 
     def schedule(self, key: bytes, partition: int, due: float) -> None:
         """(Re)schedule ``key``: its entry moves to ``due`` (schedule.py: why not a heap)."""
-        current = self._due.get(key)
-        if current == due:
-            return
         entries = self._schedules.get(partition)
         if entries is None:
             entries = self._schedules[partition] = Schedule()
-        if current is not None:
-            entries.remove(key, current)
-        self._due[key] = due
-        entries.add(key, due)
+        entries.move(key, due)
 
     def take_due(self, partition: int, limit: int) -> list[bytes]:
         """Keys whose next check is at or before the partition's stream time (at most limit),
@@ -166,10 +158,7 @@ class ReadModel:
         entries = self._schedules.get(partition)
         if now is None or entries is None or limit <= 0:
             return []
-        taken = [key for _, key in entries.take(now.timestamp(), limit)]
-        for key in taken:
-            self._due.pop(key, None)
-        return taken
+        return entries.take(now.timestamp(), limit)
 
     def has_due(self, partition: int) -> bool:
         """Some customer's next check is at or before the partition's stream time."""
@@ -197,11 +186,9 @@ class ReadModel:
         row = self.rows.pop(key, None)
         if row is not None:
             self._kpi_changed(key, row)
-        due = self._due.pop(key, None)
-        if due is not None and row is not None:
-            entries = self._schedules.get(row.partition)
-            if entries is not None:
-                entries.remove(key, due)
+        entries = self._schedules.get(row.partition) if row is not None else None
+        if entries is not None:
+            entries.remove(key)
 
     def forget(self, partitions: Iterable[int]) -> None:
         gone = set(partitions)
@@ -209,7 +196,6 @@ class ReadModel:
             return
         for key in [k for k, r in self.rows.items() if r.partition in gone]:
             del self.rows[key]
-            self._due.pop(key, None)
         self.kpi.forget(gone)
         for noted in (self._kpi_dirty, self._kpi_syncing):
             for key, before in noted.items():

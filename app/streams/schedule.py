@@ -10,9 +10,9 @@ their numbers. Why not one ordering of every entry:
 - an ordered list (``SortedList``) moves an entry without compaction, but a move cost
   about four times a heap push (``bench.sweep``: 17 us against 4.4 at a million).
 
-Here a move is two dict operations. Taking what is due sorts only the buckets it takes
-from (a few hundred keys at most, at a million customers), so keys still come out
-earliest first, ties by key.
+Here a move is a few dict and set operations, and each key's due time is kept once.
+Taking what is due sorts only the buckets it takes from (a few hundred keys at most, at
+a million customers), so keys still come out earliest first, ties by key.
 """
 
 from __future__ import annotations
@@ -27,33 +27,39 @@ def _bucket(due: float) -> int:
 
 
 class Schedule:
-    """Due times of one partition's customers; the caller keeps each key's current time."""
+    """Due times of one partition's customers, one per key."""
 
     def __init__(self) -> None:
-        self._buckets: dict[int, dict[bytes, float]] = {}
+        self._due: dict[bytes, float] = {}
+        self._buckets: dict[int, set[bytes]] = {}
         # Bucket numbers, each pushed when its bucket is created. An emptied bucket stays
-        # (an empty dict) until it comes to the top, so a key moving in and out of one
+        # (an empty set) until it comes to the top, so a key moving in and out of one
         # bucket never pushes its number twice.
         self._order: list[int] = []
-        self._size = 0
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._due)
 
-    def add(self, key: bytes, due: float) -> None:
+    def move(self, key: bytes, due: float) -> None:
+        """(Re)schedule ``key`` at ``due``."""
+        current = self._due.get(key)
+        if current == due:
+            return
+        if current is not None:
+            self._buckets[_bucket(current)].discard(key)
+        self._due[key] = due
         b = _bucket(due)
         bucket = self._buckets.get(b)
         if bucket is None:
-            bucket = self._buckets[b] = {}
+            bucket = self._buckets[b] = set()
             heapq.heappush(self._order, b)
-        bucket[key] = due
-        self._size += 1
+        bucket.add(key)
 
-    def remove(self, key: bytes, due: float) -> None:
-        """Unschedule ``key``, which was added at ``due`` (no-op if it is not there)."""
-        bucket = self._buckets.get(_bucket(due))
-        if bucket is not None and bucket.pop(key, None) is not None:
-            self._size -= 1
+    def remove(self, key: bytes) -> None:
+        """Unschedule ``key`` (no-op if it is not scheduled)."""
+        due = self._due.pop(key, None)
+        if due is not None:
+            self._buckets[_bucket(due)].discard(key)
 
     def _first(self) -> int | None:
         """The earliest non-empty bucket's number (dropping empty ones on top)."""
@@ -66,37 +72,41 @@ class Schedule:
             buckets.pop(b, None)
         return None
 
-    def take(self, cutoff: float, limit: int) -> list[tuple[float, bytes]]:
-        """Up to ``limit`` entries due at or before ``cutoff``, earliest first; removed."""
-        out: list[tuple[float, bytes]] = []
+    def take(self, cutoff: float, limit: int) -> list[bytes]:
+        """Up to ``limit`` keys due at or before ``cutoff``, earliest first (ties by key);
+        no longer scheduled."""
+        out: list[bytes] = []
+        due = self._due
         last = _bucket(cutoff)
         while len(out) < limit:
             b = self._first()
             if b is None or b > last:
                 break
             bucket = self._buckets[b]
-            ready = sorted((at, key) for key, at in bucket.items() if at <= cutoff)
-            for at, key in ready[: limit - len(out)]:
-                del bucket[key]
-                out.append((at, key))
+            ready = sorted((due[key], key) for key in bucket if due[key] <= cutoff)
+            for _, key in ready[: limit - len(out)]:
+                bucket.discard(key)
+                del due[key]
+                out.append(key)
             if bucket or b == last:
                 break  # the limit, or the rest of the bucket is not due yet
-        self._size -= len(out)
         return out
 
     def count(self, cutoff: float) -> int:
-        """How many entries are due at or before ``cutoff`` (a pass over the buckets)."""
+        """How many keys are due at or before ``cutoff`` (a pass over the buckets)."""
         last = _bucket(cutoff)
+        due = self._due
         n = 0
         for b, bucket in self._buckets.items():
             if b < last:
                 n += len(bucket)
             elif b == last:
-                n += sum(1 for at in bucket.values() if at <= cutoff)
+                n += sum(1 for key in bucket if due[key] <= cutoff)
         return n
 
     def any_due(self, cutoff: float) -> bool:
         b = self._first()
         if b is None or b > _bucket(cutoff):
             return False
-        return any(at <= cutoff for at in self._buckets[b].values())
+        due = self._due
+        return any(due[key] <= cutoff for key in self._buckets[b])
