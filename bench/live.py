@@ -72,12 +72,7 @@ def measure(events: int, customers: int, rate: float, warm: float, seconds: floa
             before, m0, t0 = snapshot(w), machine_busy(), time.monotonic()
             asyncio.run(produce(info.bootstrap, topics, n, customers, skip=events + n_warm,
                                 rate=rate, create=False, live=True))  # fmt: skip
-            deadline = time.monotonic() + 600
-            while w.metric(*COUNTED) < before["counted"] + n:
-                w.check()
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the worker did not count the live events in 600 s")
-                time.sleep(0.1)
+            w.wait_counted(before["counted"] + n, 600, "the live events")
             after, m1, elapsed = snapshot(w), machine_busy(), time.monotonic() - t0
             d = {k: after[k] - before[k] for k in after}
             per = 1e6 / d["counted"]

@@ -321,6 +321,16 @@ class WorkerProcess:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def wait_counted(self, target: float, within: float, what: str) -> None:
+        """Poll until the worker has counted ``target`` events (COUNTED), or fail after
+        ``within`` seconds naming ``what`` it was counting."""
+        deadline = time.monotonic() + within
+        while self.metric(*COUNTED) < target:
+            self.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not count {what} within {within:g} s")
+            time.sleep(0.05)
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(60)
@@ -528,12 +538,7 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     # The measured events start on an empty queue: the worker counts every warm-up event
     # first (runs before 2026-12-06 06:20 did not wait, and a backlog left by the
     # warm-up, up to a second of traffic by the lag gauge, counted into the histograms).
-    drain_deadline = time.monotonic() + WARM_MAX_S
-    while worker.metric(*COUNTED) < counted + warm:
-        worker.check()
-        if time.monotonic() > drain_deadline:
-            raise RuntimeError("the worker did not count the warm-up events in time")
-        time.sleep(0.05)
+    worker.wait_counted(counted + warm, WARM_MAX_S, "the warm-up events")
     backlog = worker.metric("feedback_sweep_due_customers")
     base = {n: histogram(worker.port, n) for n in LATENCY_METRICS}
     batches = (worker.metric("feedback_batch_events_sum"), worker.metric("feedback_batch_events_count"))
@@ -541,12 +546,7 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     n = int(rate * seconds)
     asyncio.run(produce(bootstrap, topics, n, customers, skip=skip + warm, rate=rate,
                         create=False, live=True))  # fmt: skip
-    deadline = time.monotonic() + 600
-    while worker.metric(*COUNTED) < done + n:
-        worker.check()
-        if time.monotonic() > deadline:
-            raise RuntimeError("the worker did not count the paced events within 600 s")
-        time.sleep(0.1)
+    worker.wait_counted(done + n, 600, "the paced events")
     out: dict[str, Any] = {"rate_events_per_s": round(rate), "events": n, "produced": warm + n,
                            "warm_up_s": warm_s, "sweep_backlog_after_warm_up": backlog,
                            "settled": done_warming}  # fmt: skip
