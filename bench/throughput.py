@@ -76,6 +76,22 @@ def machine() -> dict[str, Any]:
             "kafka": kafka.KAFKA_VERSION}  # fmt: skip
 
 
+Body = tuple[tuple[bytes, bytes | None], SimEvent]
+
+
+def simulated(n: int, customers: int, skip: int = 0, live: bool = False) -> Iterator[Body]:
+    """The simulation's events ``skip`` to ``skip + n`` (live: templated, see ``send``).
+
+    Take them into a list before any clock starts: skipping the first ``skip`` events of
+    the simulation takes tens of seconds, and a schedule or a measurement begun before it
+    counted that time (bench.live counted the worker's CPU during it; a paced schedule
+    put that many seconds' worth of events on the wire at once).
+    """
+    sim = Simulation(customers, seed=1, start=datetime(2025, 1, 1, tzinfo=UTC))
+    for ev in itertools.islice(sim.events(), skip, skip + n):
+        yield (_live_template(ev.value) if live else (ev.value, None)), ev
+
+
 async def produce(bootstrap: str, topics: dict[str, str], n: int, customers: int,
                   skip: int = 0, rate: float | None = None, create: bool = True,
                   live: bool = False) -> None:  # fmt: skip
@@ -85,20 +101,19 @@ async def produce(bootstrap: str, topics: dict[str, str], n: int, customers: int
     replayed history instead moves stream time days per second and makes every customer
     due for a re-score many times over.
     """
+    bodies = simulated(n, customers, skip, live)
+    await send(bootstrap, topics, bodies if rate is None else list(bodies), rate, create)
+
+
+async def send(bootstrap: str, topics: dict[str, str], bodies: Iterable[Body],
+               rate: float | None = None, create: bool = True) -> None:  # fmt: skip
+    """Produce ``bodies`` (``simulated``) as fast as possible or at ``rate``/s; a live body
+    gets the time it is sent as its occurred_at."""
     if create:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics.values()])
         await admin.close()
-    sim = Simulation(customers, seed=1, start=datetime(2025, 1, 1, tzinfo=UTC))
-    # Generated (and, live, templated) before the clock starts: skipping the first ``skip``
-    # events of the simulation takes tens of seconds, and a schedule begun before it put
-    # that many seconds' worth of paced events on the wire at once.
-    events = itertools.islice(sim.events(), skip, skip + n)
-    bodies: Iterable[tuple[tuple[bytes, bytes | None], SimEvent]] = (
-        (_live_template(ev.value) if live else (ev.value, None), ev) for ev in events)
-    if rate is not None:
-        bodies = list(bodies)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20 if rate is None else 0,
                                 max_batch_size=512 * 1024)  # fmt: skip
     await producer.start()
@@ -321,6 +336,22 @@ class WorkerProcess:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def thread_cpu_s(self) -> tuple[float, float]:
+        """CPU seconds so far of the worker's main thread (the event loop: our batches and
+        Faust's timers) and of its other threads (aiokafka's consumer thread in Faust's
+        ServiceThread, RocksDB's)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        main = other = 0.0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended since the listing
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                used = (int(fields[11]) + int(fields[12])) / tick
+                if task.name == str(self.proc.pid):
+                    main += used
+                else:
+                    other += used
+        return main, other
+
     def wait_counted(self, target: float, within: float, what: str) -> None:
         """Poll until the worker has counted ``target`` events (COUNTED), or fail after
         ``within`` seconds naming ``what`` it was counting."""
@@ -542,10 +573,10 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     backlog = worker.metric("feedback_sweep_due_customers")
     base = {n: histogram(worker.port, n) for n in LATENCY_METRICS}
     batches = (worker.metric("feedback_batch_events_sum"), worker.metric("feedback_batch_events_count"))
-    done, cpu = worker.metric(*COUNTED), worker.cpu_s()
     n = int(rate * seconds)
-    asyncio.run(produce(bootstrap, topics, n, customers, skip=skip + warm, rate=rate,
-                        create=False, live=True))  # fmt: skip
+    bodies = list(simulated(n, customers, skip + warm, live=True))
+    done, cpu = worker.metric(*COUNTED), worker.cpu_s()
+    asyncio.run(send(bootstrap, topics, bodies, rate, create=False))
     worker.wait_counted(done + n, 600, "the paced events")
     out: dict[str, Any] = {"rate_events_per_s": round(rate), "events": n, "produced": warm + n,
                            "warm_up_s": warm_s, "sweep_backlog_after_warm_up": backlog,
