@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     state_cache_size: int = Field(20_000, ge=0)
     store_memory_mib: int = Field(512, ge=32)
     fetch_mib: int = Field(8, ge=1, le=64)
+    # What the broker waits for before it answers a fetch (batchpath.FetchingThread).
+    fetch_min_kib: int = Field(64, ge=0, le=65_536)
+    fetch_wait_ms: int = Field(25, ge=0, le=60_000)
     changelog_segment_mib: int = Field(16, ge=1, le=1024)
     session_timeout: float = Field(30.0, ge=6, le=300)
     standby_replicas: int = Field(1, ge=0, le=8)

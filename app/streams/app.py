@@ -86,7 +86,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     # Before anything creates the transport. The feed holds up to four batches.
     feed = batchpath.Feed(settings.input_topics, 4 * settings.batch_size)
-    batchpath.install(app, feed, registry)
+    batchpath.install(app, feed, registry,
+                      (settings.fetch_min_kib * 1024 or 1, settings.fetch_wait_ms))  # fmt: skip
 
     def topic(name: str, **kw: Any) -> faust.TopicT:
         return app.topic(

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from app.settings import Settings
 from app.streams.app import create_app
-from app.streams.batchpath import BatchConsumer, BatchMonitor, Feed, taken
+from app.streams.batchpath import BatchConsumer, BatchMonitor, Feed, FetchingThread, taken
 
 INPUT, CHANGELOG = "feedback.surveys.v1", "customer_state_by_customer-changelog"
 
@@ -433,3 +433,25 @@ async def test_no_work_aside_while_the_flow_is_stopped(consumer: BatchConsumer) 
     assert await consumer.aside(sweep()) is None and ran == []
     consumer.resume_flow()
     assert await consumer.aside(sweep()) == 1 and ran == [1]
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, (65_536, 25)),
+    ({"fetch_min_kib": 0, "fetch_wait_ms": 1500}, (1, 1500)),  # as Faust left them
+    ({"fetch_min_kib": 16, "fetch_wait_ms": 10}, (16_384, 10)),
+])  # fmt: skip
+async def test_the_consumer_asks_the_broker_to_wait_as_the_settings_say(
+    tmp_path: Path, registry: CollectorRegistry, settings: dict[str, int],
+    expected: tuple[int, int],
+) -> None:  # fmt: skip
+    from aiokafka import AIOKafkaConsumer
+
+    app = create_app(Settings(data_dir=tmp_path, **settings), registry)
+    thread = app.consumer._thread  # noqa: SLF001
+    assert isinstance(thread, FetchingThread)
+    made = thread._create_worker_consumer(app.transport)  # noqa: SLF001
+    assert (made._fetch_min_bytes, made._fetch_max_wait_ms) == expected  # noqa: SLF001
+    # aiokafka hands both to its Fetcher when the consumer starts.
+    start = inspect.getsource(AIOKafkaConsumer.start)
+    assert "fetch_min_bytes=self._fetch_min_bytes" in start
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
