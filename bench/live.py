@@ -32,6 +32,7 @@ from bench.throughput import (
     COUNTED,
     WorkerProcess,
     fresh_broker,
+    history_start,
     machine,
     pipeline,
     produce,
@@ -65,9 +66,10 @@ def snapshot(w: WorkerProcess) -> dict[str, float]:
 
 
 def measure(events: int, customers: int, rate: float, warm: float, seconds: float,
-            idle: float, extra: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+            idle: float, ends: str, extra: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     with fresh_broker("live") as (info, topics, data):
-        asyncio.run(produce(info.bootstrap, topics, events, customers))
+        start = history_start(events, customers, ends)
+        asyncio.run(produce(info.bootstrap, topics, events, customers, start=start))
         env = worker_env(info.bootstrap, topics, data / "worker", extra)
         out: dict[str, Any] = {}
 
@@ -75,10 +77,10 @@ def measure(events: int, customers: int, rate: float, warm: float, seconds: floa
             n_warm, n = int(rate * warm), int(rate * seconds)
             counted = w.metric(*COUNTED)
             asyncio.run(produce(info.bootstrap, topics, n_warm, customers, skip=events,
-                                rate=rate, create=False, live=True))  # fmt: skip
+                                rate=rate, create=False, live=True, start=start))  # fmt: skip
             # Generated before any clock starts: runs before 2026-12-06 08:40 counted the
             # worker's CPU during the 15-25 s this takes, idle, into the live events' cost.
-            bodies = list(simulated(n, customers, events + n_warm, live=True))
+            bodies = list(simulated(n, customers, events + n_warm, live=True, start=start))
             w.wait_counted(counted + n_warm, 600, "the warm-up events")
             # What the worker costs with nothing to do (its timers, the sweep's backlog):
             # a cost per second, apart from the cost per event measured next.
@@ -121,13 +123,17 @@ def main() -> None:
     p.add_argument("--warm", type=float, default=60.0)
     p.add_argument("--seconds", type=float, default=40.0)
     p.add_argument("--idle", type=float, default=10.0)
+    p.add_argument("--history-ends", choices=("now", "2025"), default="now",
+                   help="the backfill's simulated history ends now, or in 2025 (runs before "
+                        "2026-12-06 09:00: live events then jump stream time 22 months)")
     p.add_argument("--set", action="append", default=[], metavar="FEEDBACK_X=VALUE")
     args = p.parse_args()
     extra = dict(item.split("=", 1) for item in args.set)
-    runs = [measure(args.events, args.customers, r, args.warm, args.seconds, args.idle, extra)
-            for r in args.rate]  # fmt: skip
+    runs = [measure(args.events, args.customers, r, args.warm, args.seconds, args.idle,
+                    args.history_ends, extra) for r in args.rate]  # fmt: skip
     result = {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "events": args.events, "customers": args.customers, "warm_s": args.warm,
+              "history_ends": args.history_ends,
               "worker_settings": extra, "runs": runs}  # fmt: skip
     m = result["machine"]
     md = [f"# Live cost {result['when']}", "",
@@ -135,7 +141,8 @@ def main() -> None:
           f"{m['python']}, Kafka {m['kafka']} (local, same machine).", "",
           f"Command: `python -m bench.live --events {args.events} --customers {args.customers} "
           f"--rate {' '.join(f'{r:g}' for r in args.rate)} --warm {args.warm:g} "
-          f"--seconds {args.seconds:g} --idle {args.idle:g}{''.join(f' --set {k}={v}' for k, v in extra.items())}`",
+          f"--seconds {args.seconds:g} --idle {args.idle:g} --history-ends {args.history_ends}"
+          f"{''.join(f' --set {k}={v}' for k, v in extra.items())}`",
           "",
           "| rate | events | worker CPU per event (main thread / others) | idle worker before, "
           "cores (main / others), swept | worker busy | machine busy (cores) | "

@@ -1,8 +1,10 @@
 """Sustained events/s of the full pipeline against the raw aiokafka floor, in one run.
 
-    python -m bench.throughput [--events N] [--customers N]
+    python -m bench.throughput [--events N] [--customers N] [--history-ends now|2025]
 
-Starts its own fresh broker, produces N simulated events, then measures:
+Starts its own fresh broker, produces N simulated events (a history that ends now, as
+a backfill before live traffic would; --history-ends 2025 for the runs before
+2026-12-06 09:00, whose history ended 22 months before the live events), then measures:
 - floors: one aiokafka consumer reading raw records; the same plus decode + validate; the
   same plus fold (same domain code), no Faust;
 - pipeline: a real `feedback worker` process (Faust, RocksDB tables, changelogs, alerts);
@@ -10,7 +12,7 @@ Starts its own fresh broker, produces N simulated events, then measures:
   read back) and on its own state dir (only the tail): seconds until every partition is
   restored and indexed (/health), and changelog records per second;
 - latency: the caught-up pipeline worker fed live events at a share of its rate
-  (--latency-share, default 0.5; a warm-up until the re-score of every customer that the
+  (--latency-share, default 0.5; a warm-up until the re-score of every customer that a
   jump of stream time to now causes is worked off, 30 to 300 s; 20 s measured): p50/p99 from produce to
   state written (visible over HTTP) and from produce to alert delivered, from the worker's
   own histograms;
@@ -79,7 +81,30 @@ def machine() -> dict[str, Any]:
 Body = tuple[tuple[bytes, bytes | None], SimEvent]
 
 
-def simulated(n: int, customers: int, skip: int = 0, live: bool = False) -> Iterator[Body]:
+# Where the simulated history begins unless it is anchored to end now (history_start).
+REFERENCE_START = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def history_start(events: int, customers: int, ends: str) -> datetime:
+    """The simulation's start for a history of ``events`` events that ends ``ends``.
+
+    "2025": it starts on REFERENCE_START (every run before 2026-12-06 09:00): 300,000
+    events at 100,000 customers end in February 2025, so live events after them jump
+    stream time 22 months ahead, and each live event first ages its customer by that
+    much (a lapse and a win-back, a year of purchases pruned, a new tier): no worker
+    in production meets that after a backfill. "now": the same history, shifted to end
+    at the moment this is called (the simulation is the same sequence from any start).
+    """
+    if ends == "2025":
+        return REFERENCE_START
+    last = REFERENCE_START
+    for _, ev in simulated(events, customers):
+        last = ev.occurred_at
+    return REFERENCE_START + (datetime.now(UTC) - last)
+
+
+def simulated(n: int, customers: int, skip: int = 0, live: bool = False,
+              start: datetime = REFERENCE_START) -> Iterator[Body]:  # fmt: skip
     """The simulation's events ``skip`` to ``skip + n`` (live: templated, see ``send``).
 
     Take them into a list before any clock starts: skipping the first ``skip`` events of
@@ -87,21 +112,21 @@ def simulated(n: int, customers: int, skip: int = 0, live: bool = False) -> Iter
     counted that time (bench.live counted the worker's CPU during it; a paced schedule
     put that many seconds' worth of events on the wire at once).
     """
-    sim = Simulation(customers, seed=1, start=datetime(2025, 1, 1, tzinfo=UTC))
+    sim = Simulation(customers, seed=1, start=start)
     for ev in itertools.islice(sim.events(), skip, skip + n):
         yield (_live_template(ev.value) if live else (ev.value, None)), ev
 
 
 async def produce(bootstrap: str, topics: dict[str, str], n: int, customers: int,
                   skip: int = 0, rate: float | None = None, create: bool = True,
-                  live: bool = False) -> None:  # fmt: skip
+                  live: bool = False, start: datetime = REFERENCE_START) -> None:  # fmt: skip
     """The simulation's events ``skip`` to ``skip + n``, as fast as possible or at ``rate``/s.
 
     ``live``: each event happens as it is produced (occurred_at = now), as in production;
     replayed history instead moves stream time days per second and makes every customer
     due for a re-score many times over.
     """
-    bodies = simulated(n, customers, skip, live)
+    bodies = simulated(n, customers, skip, live, start)
     await send(bootstrap, topics, bodies if rate is None else list(bodies), rate, create)
 
 
@@ -535,7 +560,8 @@ def histogram(port: int, name: str, labels: str = "") -> list[tuple[float, float
 
 
 def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip: int,
-            customers: int, rate: float, seconds: float = 20.0) -> dict[str, Any]:  # fmt: skip
+            customers: int, rate: float, start: datetime,
+            seconds: float = 20.0) -> dict[str, Any]:  # fmt: skip
     """Feed a caught-up worker live events at ``rate``: a warm-up, then ``seconds``
     measured from the worker's latency histograms.
 
@@ -551,7 +577,7 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     warm = int(rate * WARM_MIN_S)
     counted = worker.metric(*COUNTED)
     asyncio.run(produce(bootstrap, topics, warm, customers, skip=skip, rate=rate, create=False,
-                        live=True))  # fmt: skip
+                        live=True, start=start))  # fmt: skip
     began = time.monotonic()
 
     def settled() -> bool:
@@ -562,7 +588,7 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     while not done_warming and time.monotonic() - began < WARM_MAX_S - WARM_MIN_S:
         step = int(rate * 5)
         asyncio.run(produce(bootstrap, topics, step, customers, skip=skip + warm, rate=rate,
-                            create=False, live=True))  # fmt: skip
+                            create=False, live=True, start=start))  # fmt: skip
         warm += step
         done_warming = settled()
     warm_s = round(WARM_MIN_S + time.monotonic() - began)
@@ -574,7 +600,7 @@ def latency(worker: WorkerProcess, bootstrap: str, topics: dict[str, str], skip:
     base = {n: histogram(worker.port, n) for n in LATENCY_METRICS}
     batches = (worker.metric("feedback_batch_events_sum"), worker.metric("feedback_batch_events_count"))
     n = int(rate * seconds)
-    bodies = list(simulated(n, customers, skip + warm, live=True))
+    bodies = list(simulated(n, customers, skip + warm, live=True, start=start))
     done, cpu = worker.metric(*COUNTED), worker.cpu_s()
     asyncio.run(send(bootstrap, topics, bodies, rate, create=False))
     worker.wait_counted(done + n, 600, "the paced events")
@@ -629,6 +655,9 @@ def main() -> None:
                         help="a worker setting to change, e.g. --set FEEDBACK_BATCH_SIZE=4000")  # fmt: skip
     parser.add_argument("--workers", type=int, default=1,
                         help="also run this many workers in one group (aggregate rate)")
+    parser.add_argument("--history-ends", choices=("now", "2025"), default="now",
+                        help="the simulated history ends now, or in 2025 (runs before "
+                             "2026-12-06 09:00: live events then jump stream time 22 months)")
     parser.add_argument("--skip-recovery", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--latency-share", type=float, default=0.5,
@@ -640,11 +669,12 @@ def main() -> None:
     result: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
         "events": args.events, "customers": args.customers, "partitions": PARTITIONS,
-        "worker_settings": extra,
+        "worker_settings": extra, "history_ends": args.history_ends,
     }  # fmt: skip
+    start = history_start(args.events, args.customers, args.history_ends)
     with fresh_broker("bench") as (info, topics, data):
         t = time.perf_counter()
-        asyncio.run(produce(info.bootstrap, topics, args.events, args.customers))
+        asyncio.run(produce(info.bootstrap, topics, args.events, args.customers, start=start))
         result["produce_seconds"] = round(time.perf_counter() - t, 1)
         result["floor_raw_consume"] = asyncio.run(
             read_floor(info.bootstrap, topics, args.events, decode=False))
@@ -659,7 +689,7 @@ def main() -> None:
 
         def paced(worker: WorkerProcess, rate: float) -> dict[str, Any]:
             return latency(worker, info.bootstrap, topics, args.events, args.customers,
-                           rate=rate * args.latency_share)  # fmt: skip
+                           rate=rate * args.latency_share, start=start)  # fmt: skip
 
         full = result["pipeline_faust_worker"] = pipeline(
             [env], args.events, log, None if args.skip_latency else paced)
@@ -683,7 +713,8 @@ def main() -> None:
                 # One more live event of the simulation, after all the others produced.
                 skip = args.events + (full["then"] or {}).get("produced", 0)
                 asyncio.run(produce(info.bootstrap, topics, 1, args.customers,
-                                    skip=skip + next(probes), create=False, live=True))  # fmt: skip
+                                    skip=skip + next(probes), create=False, live=True,
+                                    start=start))  # fmt: skip
 
             result["recovery_empty_state_dir"] = recovery(
                 {**env, "FEEDBACK_DATA_DIR": str(data / "fresh")}, log, records, probe)
@@ -715,6 +746,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"Command: `python -m bench.throughput --events {args.events} --customers "
         f"{args.customers}{' --workers ' + str(args.workers) if args.workers > 1 else ''}"
         f"{' --latency-share ' + format(args.latency_share, 'g') if args.latency_share != 0.5 else ''}"
+        f"{' --history-ends 2025' if args.history_ends == '2025' else ''}"
         f"{' --skip-recovery' if args.skip_recovery else ''}"
         f"{' --skip-latency' if args.skip_latency else ''}"
         f"{''.join(' --set ' + s for s in args.set)}`"
