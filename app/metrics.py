@@ -98,9 +98,10 @@ class ServiceMetrics:
             ),
             delivery_step_seconds=Counter(
                 "feedback_delivery_step_seconds",
-                "Wall time of each step of the deliver phase, in its write order: alerts, "
-                "tallies, states (with dead letters and re-routed records), erasures; each "
-                "waits for the broker's acknowledgement",
+                "Wall time of each step of the deliver phase, in its write order: alerts and "
+                "tallies (sent together; each counted from the start of the phase to its "
+                "acknowledgement), states (with dead letters and re-routed records), "
+                "erasures; each waits for the broker's acknowledgement",
                 ["step"],
                 registry=reg,
             ),

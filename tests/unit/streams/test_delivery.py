@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -76,15 +78,59 @@ def clean() -> tuple[World, Producer]:
     return world, producer
 
 
-def test_write_order_alerts_then_tallies_then_states_with_dead_letters() -> None:
+def test_write_order_alerts_and_tallies_then_states_with_dead_letters() -> None:
     _, producer = clean()
     topics = [t for t, *_ in producer.sent]
     order = ["alerts", "tallies-changelog", "customers-changelog"]
     firsts = [topics.index(t) for t in order]
     lasts = [len(topics) - 1 - topics[::-1].index(t) for t in order]
-    assert firsts == sorted(firsts) and lasts[0] < firsts[1] and lasts[1] < firsts[2]
+    # Alerts and tallies go together, both before the first customer state.
+    assert max(lasts[0], lasts[1]) < firsts[2]
     # Dead letters are sent after the tallies and awaited with the customer states.
     assert lasts[1] < topics.index(DEAD) < lasts[2]
+
+
+@dataclass
+class HeldProducer(Producer):
+    """Confirms nothing until ``release``: shows what is sent while earlier sends wait."""
+
+    held: list[tuple[asyncio.Future[Any], asyncio.Future[Any]]] = field(default_factory=list)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None, timestamp: Any, headers: Any) -> asyncio.Future[Any]:  # fmt: skip
+        done = await super().send(topic, key, value, partition, timestamp, headers)
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.held.append((held, done))
+        return held
+
+    def release(self) -> None:
+        for held, done in self.held:
+            if not held.done():
+                held.set_result(done.result())
+
+
+def test_alerts_and_tallies_share_a_round_trip_and_states_wait_for_both() -> None:
+    world, producer = World(), HeldProducer()
+    result = world.fold()
+    assert result.alerts and result.tallies and result.states
+
+    async def run() -> tuple[set[str], set[str]]:
+        task = asyncio.ensure_future(world.delivery(producer).deliver(result))
+        for _ in range(20):  # let the delivery send all it can without confirmations
+            await asyncio.sleep(0)
+        before = {t for t, *_ in producer.sent}
+        producer.release()
+        for _ in range(20):
+            await asyncio.sleep(0)
+            producer.release()
+        await asyncio.wait_for(task, timeout=5.0)
+        return before, {t for t, *_ in producer.sent}
+
+    before, after = asyncio.run(run())
+    # Both were sent before either was confirmed, and no customer state was.
+    assert {"alerts", "tallies-changelog"} <= before
+    assert "customers-changelog" not in before
+    assert "customers-changelog" in after
 
 
 def test_each_alert_goes_to_its_keys_default_partition_in_order() -> None:
