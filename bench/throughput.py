@@ -248,6 +248,19 @@ async def floor(bootstrap: str, topics: dict[str, str], n: int) -> dict[str, flo
     return await consume_timed(bootstrap, topics, n, on_batch)
 
 
+def check_alive(proc: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    """Fail with the end of ``log`` if ``proc`` has exited."""
+    if proc.poll() is not None:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{what} exited {proc.returncode}:\n{tail}")
+
+
+def stat_cpu_s(stat: Path) -> float:
+    """User + system CPU seconds from a /proc stat file (a process's or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def faust_noop(bootstrap: str, topics: dict[str, str], n: int, data: Path,
                log: Path) -> dict[str, float]:  # fmt: skip
     """Faust's own per-message path into an agent that only counts (bench/faust_noop.py),
@@ -261,9 +274,7 @@ def faust_noop(bootstrap: str, topics: dict[str, str], n: int, data: Path,
     try:
         deadline = time.monotonic() + max(300, n / 500)
         while not out.exists():
-            if proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the Faust no-op agent exited {proc.returncode}:\n{tail}")
+            check_alive(proc, log, "the Faust no-op agent")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the Faust no-op agent did not count {n} records in time")
             time.sleep(0.1)
@@ -338,9 +349,7 @@ class WorkerProcess:
                                          env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
 
     def check(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"worker exited {self.proc.returncode}:\n{tail}")
+        check_alive(self.proc, self.log, "worker")
 
     def metric(self, *names: str) -> float:
         return metric_sum(self.port, names)
@@ -358,19 +367,16 @@ class WorkerProcess:
 
     def cpu_s(self) -> float:
         """CPU seconds the worker process used so far (user + system)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu_s(Path(f"/proc/{self.proc.pid}/stat"))
 
     def thread_cpu_s(self) -> tuple[float, float]:
         """CPU seconds so far of the worker's main thread (the event loop: our batches and
         Faust's timers) and of its other threads (aiokafka's consumer thread in Faust's
         ServiceThread, RocksDB's)."""
-        tick = os.sysconf("SC_CLK_TCK")
         main = other = 0.0
         for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
             with contextlib.suppress(OSError):  # a thread that ended since the listing
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                used = (int(fields[11]) + int(fields[12])) / tick
+                used = stat_cpu_s(task / "stat")
                 if task.name == str(self.proc.pid):
                     main += used
                 else:
