@@ -31,6 +31,7 @@ from bench import report
 from bench.throughput import (
     COUNTED,
     WorkerProcess,
+    add_history_ends,
     fresh_broker,
     history_start,
     machine,
@@ -123,9 +124,7 @@ def main() -> None:
     p.add_argument("--warm", type=float, default=60.0)
     p.add_argument("--seconds", type=float, default=40.0)
     p.add_argument("--idle", type=float, default=10.0)
-    p.add_argument("--history-ends", choices=("now", "2025"), default="now",
-                   help="the backfill's simulated history ends now, or in 2025 (runs before "
-                        "2026-12-06 09:00: live events then jump stream time 22 months)")
+    add_history_ends(p)
     p.add_argument("--set", action="append", default=[], metavar="FEEDBACK_X=VALUE")
     args = p.parse_args()
     extra = dict(item.split("=", 1) for item in args.set)

@@ -103,6 +103,13 @@ def history_start(events: int, customers: int, ends: str) -> datetime:
     return REFERENCE_START + (datetime.now(UTC) - last)
 
 
+def add_history_ends(parser: argparse.ArgumentParser) -> None:
+    """The ``--history-ends`` option of every bench that backfills (``history_start``)."""
+    parser.add_argument("--history-ends", choices=("now", "2025"), default="now",
+                        help="the simulated history ends now, or in 2025 (runs before "
+                             "2026-12-06 09:00: live events then jump stream time 22 months)")
+
+
 def simulated(n: int, customers: int, skip: int = 0, live: bool = False,
               start: datetime = REFERENCE_START) -> Iterator[Body]:  # fmt: skip
     """The simulation's events ``skip`` to ``skip + n`` (live: templated, see ``send``).
@@ -661,9 +668,7 @@ def main() -> None:
                         help="a worker setting to change, e.g. --set FEEDBACK_BATCH_SIZE=4000")  # fmt: skip
     parser.add_argument("--workers", type=int, default=1,
                         help="also run this many workers in one group (aggregate rate)")
-    parser.add_argument("--history-ends", choices=("now", "2025"), default="now",
-                        help="the simulated history ends now, or in 2025 (runs before "
-                             "2026-12-06 09:00: live events then jump stream time 22 months)")
+    add_history_ends(parser)
     parser.add_argument("--skip-recovery", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--latency-share", type=float, default=0.5,
